@@ -1,0 +1,64 @@
+"""Time as a parameter: the :class:`Clock` protocol and the system clock.
+
+Inside warmupd, wall time is integer milliseconds since the epoch (UTC). Monotonic time (seconds, a
+float) measures durations and local lease deadlines; it never goes backwards when the wall clock is
+stepped. Tests pass a fake clock with the same three methods.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import UTC, datetime
+from typing import Protocol
+
+
+class Clock(Protocol):
+    """What warmupd needs from time."""
+
+    def wall_ms(self) -> int:
+        """Wall-clock time in integer milliseconds since the epoch (UTC)."""
+        ...
+
+    def monotonic(self) -> float:
+        """Monotonic seconds, for durations and deadlines."""
+        ...
+
+    async def sleep(self, seconds: float) -> None:
+        """Sleep for ``seconds`` (a fake clock may return at once after advancing itself)."""
+        ...
+
+
+class SystemClock:
+    """The real clock."""
+
+    def wall_ms(self) -> int:
+        """:meth:`Clock.wall_ms` from ``time.time_ns``."""
+        return time.time_ns() // 1_000_000
+
+    def monotonic(self) -> float:
+        """:meth:`Clock.monotonic` from ``time.monotonic``."""
+        return time.monotonic()
+
+    async def sleep(self, seconds: float) -> None:
+        """:meth:`Clock.sleep` through ``asyncio.sleep``."""
+        await asyncio.sleep(max(0.0, seconds))
+
+
+def ms_to_iso(ms: int | None) -> str | None:
+    """Render epoch milliseconds as ISO-8601 UTC with a ``Z`` (millisecond precision)."""
+    if ms is None:
+        return None
+    dt = datetime.fromtimestamp(ms / 1000, tz=UTC)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+
+
+def iso_to_ms(text: str) -> int:
+    """Parse an ISO-8601 timestamp or date (``Z`` or offset; naive means UTC) to epoch ms.
+
+    :raises ValueError: when ``text`` is not ISO-8601.
+    """
+    dt = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return int(dt.timestamp() * 1000)
