@@ -1,0 +1,552 @@
+"""TOML configuration → a tree of frozen, keyword-only dataclasses (SPEC §2).
+
+Every value passes through a small named parse function that raises
+:class:`~warmupd.errors.ConfigError` with the key path and the offending value. Unknown keys are an
+error: a typo must never be silently ignored. Defaults live in the dataclasses below and nowhere else.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from warmupd.errors import MISSING, ConfigError
+from warmupd.scheduler import validate_schedule
+
+T = TypeVar("T")
+
+JOB_FORECASTS = "warmup-forecasts"
+JOB_INSIGHTS = "warmup-ai-explanations"
+JOB_HOUSEKEEPING = "housekeeping"
+JOB_ON_DEMAND = "warmup-on-demand"
+"""The on-demand warmup is not scheduled; its runs are recorded under this name."""
+
+KNOWN_JOBS = (JOB_FORECASTS, JOB_INSIGHTS, JOB_HOUSEKEEPING)
+
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
+_UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+
+
+# --------------------------------------------------------------------------- the tree
+
+
+@dataclass(frozen=True, kw_only=True)
+class DaemonConfig:
+    """``[daemon]``."""
+
+    state_dir: Path = Path("./var")
+    timezone: str = "UTC"
+    shutdown_grace_ms: int = 30_000
+    pool_workers: int = 0
+    pool_idle_shutdown_ms: int = 300_000
+
+    @property
+    def db_path(self) -> Path:
+        """Where the state database lives."""
+        return self.state_dir / "warmupd.db"
+
+
+@dataclass(frozen=True, kw_only=True)
+class HttpConfig:
+    """``[http]``."""
+
+    host: str = "127.0.0.1"
+    port: int = 8321
+    max_body_bytes: int = 1_048_576
+    read_auth: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class SecretsConfig:
+    """``[secrets]``: where the two secrets come from (the values live in :class:`Secrets`)."""
+
+    job_secret_env: str = "JOB_SECRET"
+    warmup_secret_env: str = "WARMUP_SECRET"
+    job_secret_file: str | None = None
+    warmup_secret_file: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Secrets:
+    """The resolved secret values. ``repr`` never shows them."""
+
+    job: str | None = field(default=None, repr=False)
+    warmup: str | None = field(default=None, repr=False)
+    job_source: str = "unset"
+    warmup_source: str = "unset"
+
+
+@dataclass(frozen=True, kw_only=True)
+class RedisConfig:
+    """``[redis]``; ``url`` None means locks live in SQLite."""
+
+    url: str | None = None
+    key_prefix: str = "warmupd:"
+    on_unavailable: str = "sqlite"
+    connect_timeout_ms: int = 2_000
+
+
+@dataclass(frozen=True, kw_only=True)
+class LocksConfig:
+    """``[locks]``."""
+
+    lease_ms: int = 60_000
+
+
+@dataclass(frozen=True, kw_only=True)
+class CacheConfig:
+    """``[cache]``."""
+
+    fresh_ttl_ms: int = 7 * 86_400_000
+    stale_ttl_ms: int = 30 * 86_400_000
+    stale_while_revalidate: bool = True
+
+
+@dataclass(frozen=True, kw_only=True)
+class JobConfig:
+    """``[jobs.<name>]``. Keys that do not apply to a job keep their defaults."""
+
+    name: str
+    schedule: str
+    timezone: str = "UTC"
+    enabled: bool = True
+    limit: int = 50
+    concurrency: int = 5
+    max_duration_ms: int = 3_600_000
+    window_ms: int = 7 * 86_400_000
+    misfire_grace_ms: int = 6 * 3_600_000
+    jitter_ms: int = 0
+    item_timeout_ms: int = 60_000
+    min_views: int = 10
+    run_retention_ms: int = 90 * 86_400_000
+
+
+@dataclass(frozen=True, kw_only=True)
+class OnDemandConfig:
+    """``[on_demand]``."""
+
+    max_duration_ms: int = 1_800_000
+    concurrency: int = 2
+    max_queued: int = 1000
+
+
+@dataclass(frozen=True, kw_only=True)
+class ForecastConfig:
+    """``[forecast]``."""
+
+    horizon_days: int = 30
+    min_points: int = 7
+
+
+@dataclass(frozen=True, kw_only=True)
+class AIConfig:
+    """``[ai]``."""
+
+    provider: str = "builtin"
+    base_url: str | None = None
+    model: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"
+    timeout_ms: int = 60_000
+    max_retries: int = 3
+    prompt_version: str = "1"
+    concurrency: int = 2
+
+
+def _default_jobs() -> dict[str, JobConfig]:
+    return {
+        JOB_FORECASTS: JobConfig(
+            name=JOB_FORECASTS,
+            schedule="0 2 * * *",
+            limit=50,
+            concurrency=5,
+            max_duration_ms=3_600_000,
+            window_ms=7 * 86_400_000,
+            misfire_grace_ms=6 * 3_600_000,
+            item_timeout_ms=60_000,
+        ),
+        JOB_INSIGHTS: JobConfig(
+            name=JOB_INSIGHTS,
+            schedule="0 3 * * 0",
+            limit=30,
+            concurrency=3,
+            max_duration_ms=7_200_000,
+            window_ms=30 * 86_400_000,
+            min_views=10,
+            misfire_grace_ms=24 * 3_600_000,
+            item_timeout_ms=120_000,
+        ),
+        JOB_HOUSEKEEPING: JobConfig(
+            name=JOB_HOUSEKEEPING,
+            schedule="17 * * * *",
+            limit=1,
+            concurrency=1,
+            max_duration_ms=600_000,
+            misfire_grace_ms=3_600_000,
+            item_timeout_ms=600_000,
+        ),
+    }
+
+
+@dataclass(frozen=True, kw_only=True)
+class Config:
+    """The whole effective configuration."""
+
+    daemon: DaemonConfig = field(default_factory=DaemonConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
+    secrets_config: SecretsConfig = field(default_factory=SecretsConfig)
+    secrets: Secrets = field(default_factory=Secrets)
+    redis: RedisConfig = field(default_factory=RedisConfig)
+    locks: LocksConfig = field(default_factory=LocksConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    jobs: dict[str, JobConfig] = field(default_factory=_default_jobs)
+    on_demand: OnDemandConfig = field(default_factory=OnDemandConfig)
+    forecast: ForecastConfig = field(default_factory=ForecastConfig)
+    ai: AIConfig = field(default_factory=AIConfig)
+    source: str | None = None
+    """The file this configuration was read from, if any."""
+
+
+# --------------------------------------------------------------------------- parse functions
+
+
+def parse_duration_ms(path: str, value: object, *, allow_zero: bool = False) -> int:
+    """``"500ms" "30s" "15m" "1h" "7d"`` or integer seconds → milliseconds."""
+    if isinstance(value, bool):
+        raise ConfigError(path, value, "must be a duration such as '30s' or an integer of seconds")
+    if isinstance(value, int):
+        ms = value * 1000
+    elif isinstance(value, str):
+        match = _DURATION_RE.match(value)
+        if not match:
+            raise ConfigError(
+                path, value, f"invalid duration {value!r} (use e.g. '500ms', '30s', '15m', '1h', '7d')"
+            )
+        ms = round(float(match.group(1)) * _UNIT_MS[match.group(2)])
+    else:
+        raise ConfigError(path, value, "must be a duration such as '30s' or an integer of seconds")
+    if ms < 0 or (ms == 0 and not allow_zero):
+        raise ConfigError(path, value, "must be a positive duration")
+    return ms
+
+
+def parse_int(path: str, value: object, *, minimum: int, maximum: int = 2**31) -> int:
+    """An integer within ``[minimum, maximum]``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(path, value, "must be an integer")
+    if not minimum <= value <= maximum:
+        raise ConfigError(path, value, f"must be between {minimum} and {maximum}")
+    return value
+
+
+def parse_bool(path: str, value: object) -> bool:
+    """``true`` or ``false``."""
+    if not isinstance(value, bool):
+        raise ConfigError(path, value, "must be true or false")
+    return value
+
+
+def parse_str(path: str, value: object, *, choices: tuple[str, ...] = (), empty: bool = False) -> str:
+    """A string, optionally one of ``choices``."""
+    if not isinstance(value, str):
+        raise ConfigError(path, value, "must be a string")
+    if not empty and not value.strip():
+        raise ConfigError(path, value, "must not be empty")
+    if choices and value not in choices:
+        raise ConfigError(path, value, f"must be one of {', '.join(choices)}")
+    return value
+
+
+def parse_timezone(path: str, value: object) -> str:
+    """An IANA time zone name that zoneinfo knows."""
+    name = parse_str(path, value)
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(path, value, f"unknown time zone {name!r}") from None
+    return name
+
+
+def parse_cron(path: str, value: object) -> str:
+    """A schedule accepted by :func:`warmupd.scheduler.validate_schedule`."""
+    expr = parse_str(path, value)
+    try:
+        validate_schedule(expr)
+    except ValueError as exc:
+        raise ConfigError(path, value, str(exc)) from None
+    return expr
+
+
+def parse_url(path: str, value: object, *, schemes: tuple[str, ...]) -> str:
+    """A URL with one of ``schemes``."""
+    url = parse_str(path, value)
+    scheme = url.split("://", 1)[0] if "://" in url else ""
+    if scheme not in schemes:
+        raise ConfigError(path, value, f"must be a URL starting with {' or '.join(schemes)}://")
+    return url
+
+
+# --------------------------------------------------------------------------- sections
+
+
+def _table(path: str, value: object) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise ConfigError(path, value, "must be a table")
+    return value
+
+
+def _section(
+    path: str,
+    raw: Mapping[str, Any],
+    cls: type[T],
+    parsers: Mapping[str, tuple[str, Callable[[str, Any], Any]]],
+    base: T | None = None,
+) -> T:
+    """Build dataclass ``cls`` from table ``raw``: each TOML key maps to (field, parser)."""
+    unknown = sorted(set(raw) - set(parsers))
+    if unknown:
+        where = f"{path}.{unknown[0]}" if path else unknown[0]
+        raise ConfigError(where, MISSING, f"unknown key (known: {', '.join(sorted(parsers))})")
+    values = {
+        attr: parse(f"{path}.{key}", raw[key]) for key, (attr, parse) in parsers.items() if key in raw
+    }
+    return replace(base, **values) if base is not None else cls(**values)  # type: ignore[type-var]
+
+
+def _dur(*, zero: bool = False) -> Callable[[str, Any], int]:
+    return lambda p, v: parse_duration_ms(p, v, allow_zero=zero)
+
+
+def _int(lo: int, hi: int = 2**31) -> Callable[[str, Any], int]:
+    return lambda p, v: parse_int(p, v, minimum=lo, maximum=hi)
+
+
+def _opt_str(p: str, v: Any) -> str:
+    return parse_str(p, v)
+
+
+_DAEMON = {
+    "state_dir": ("state_dir", lambda p, v: Path(parse_str(p, v))),
+    "timezone": ("timezone", parse_timezone),
+    "shutdown_grace": ("shutdown_grace_ms", _dur(zero=True)),
+    "pool_workers": ("pool_workers", _int(0, 256)),
+    "pool_idle_shutdown": ("pool_idle_shutdown_ms", _dur()),
+}
+_HTTP = {
+    "host": ("host", _opt_str),
+    "port": ("port", _int(0, 65535)),
+    "max_body_bytes": ("max_body_bytes", _int(1024, 1 << 30)),
+    "read_auth": ("read_auth", parse_bool),
+}
+_SECRETS = {
+    "job_secret_env": ("job_secret_env", _opt_str),
+    "warmup_secret_env": ("warmup_secret_env", _opt_str),
+    "job_secret_file": ("job_secret_file", _opt_str),
+    "warmup_secret_file": ("warmup_secret_file", _opt_str),
+}
+_REDIS = {
+    "url": ("url", lambda p, v: parse_url(p, v, schemes=("redis", "rediss", "unix"))),
+    "key_prefix": ("key_prefix", lambda p, v: parse_str(p, v, empty=True)),
+    "on_unavailable": ("on_unavailable", lambda p, v: parse_str(p, v, choices=("sqlite", "skip"))),
+    "connect_timeout": ("connect_timeout_ms", _dur()),
+}
+_LOCKS = {"lease": ("lease_ms", _dur())}
+_CACHE = {
+    "fresh_ttl": ("fresh_ttl_ms", _dur()),
+    "stale_ttl": ("stale_ttl_ms", _dur()),
+    "stale_while_revalidate": ("stale_while_revalidate", parse_bool),
+}
+_JOB = {
+    "schedule": ("schedule", parse_cron),
+    "timezone": ("timezone", parse_timezone),
+    "enabled": ("enabled", parse_bool),
+    "limit": ("limit", _int(1, 100_000)),
+    "concurrency": ("concurrency", _int(1, 256)),
+    "max_duration": ("max_duration_ms", _dur()),
+    "window": ("window_ms", _dur()),
+    "misfire_grace": ("misfire_grace_ms", _dur(zero=True)),
+    "jitter": ("jitter_ms", _dur(zero=True)),
+    "item_timeout": ("item_timeout_ms", _dur()),
+    "min_views": ("min_views", _int(0)),
+    "run_retention": ("run_retention_ms", _dur()),
+}
+_ON_DEMAND = {
+    "max_duration": ("max_duration_ms", _dur()),
+    "concurrency": ("concurrency", _int(1, 256)),
+    "max_queued": ("max_queued", _int(1, 1_000_000)),
+}
+_FORECAST = {"horizon_days": ("horizon_days", _int(1, 366)), "min_points": ("min_points", _int(2))}
+_AI = {
+    "provider": ("provider", lambda p, v: parse_str(p, v, choices=("builtin", "openai"))),
+    "base_url": ("base_url", lambda p, v: parse_url(p, v, schemes=("http", "https"))),
+    "model": ("model", _opt_str),
+    "api_key_env": ("api_key_env", _opt_str),
+    "timeout": ("timeout_ms", _dur()),
+    "max_retries": ("max_retries", _int(0, 10)),
+    "prompt_version": ("prompt_version", _opt_str),
+    "concurrency": ("concurrency", _int(1, 64)),
+}
+_TOP = ("daemon", "http", "secrets", "redis", "locks", "cache", "jobs", "on_demand", "forecast", "ai")
+
+
+def _jobs(raw: Mapping[str, Any]) -> dict[str, JobConfig]:
+    jobs = _default_jobs()
+    for name, table in raw.items():
+        if name not in jobs:
+            raise ConfigError(f"jobs.{name}", MISSING, f"unknown job (known: {', '.join(KNOWN_JOBS)})")
+        jobs[name] = _section(f"jobs.{name}", _table(f"jobs.{name}", table), JobConfig, _JOB, jobs[name])
+    return jobs
+
+
+def _check_relations(cfg: Config) -> None:
+    if cfg.cache.stale_ttl_ms < cfg.cache.fresh_ttl_ms:
+        raise ConfigError(
+            "cache.stale_ttl", cfg.cache.stale_ttl_ms, "must be at least cache.fresh_ttl"
+        )
+    if cfg.locks.lease_ms < 3_000:
+        # Renewal happens every lease/3; below 1 s a renewal round trip can eat the whole budget.
+        raise ConfigError("locks.lease", cfg.locks.lease_ms, "must be at least 3s")
+    if cfg.ai.provider == "openai":
+        for key in ("base_url", "model"):
+            if getattr(cfg.ai, key) is None:
+                raise ConfigError(f"ai.{key}", MISSING, "is required when ai.provider = 'openai'")
+
+
+# --------------------------------------------------------------------------- secrets
+
+
+def resolve_secret(
+    path: str, name: str, file: str | None, env_name: str, env: Mapping[str, str]
+) -> tuple[str | None, str]:
+    """Resolve one secret: ``$CREDENTIALS_DIRECTORY/<name>`` > ``*_file`` > ``*_env``.
+
+    Returns ``(value, source)`` where ``source`` says where it came from (never the value). An empty
+    value counts as unset (fail closed). A configured file that cannot be read is a config error.
+    """
+    cred_dir = env.get("CREDENTIALS_DIRECTORY")
+    if cred_dir:
+        candidate = Path(cred_dir) / name
+        if candidate.is_file():
+            return _read_secret(f"$CREDENTIALS_DIRECTORY/{name}", candidate), "credential"
+    if file is not None:
+        return _read_secret(f"{path}_file", Path(file)), "file"
+    value = env.get(env_name, "").strip()
+    return (value or None), ("env" if value else "unset")
+
+
+def _read_secret(path: str, file: Path) -> str | None:
+    try:
+        text = file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        # The file name is configuration, not a secret; the reason comes from the OS.
+        raise ConfigError(path, str(file), f"cannot read secret file: {exc.strerror or exc}") from None
+    return text.strip() or None
+
+
+# --------------------------------------------------------------------------- entry points
+
+
+def parse_config(
+    raw: Mapping[str, Any], *, env: Mapping[str, str] | None = None, source: str | None = None
+) -> Config:
+    """Build a :class:`Config` from parsed TOML.
+
+    :raises ConfigError: naming the first invalid key path.
+    """
+    env = os.environ if env is None else env
+    unknown = sorted(set(raw) - set(_TOP))
+    if unknown:
+        raise ConfigError(unknown[0], MISSING, f"unknown section (known: {', '.join(_TOP)})")
+    sec = lambda name: _table(name, raw.get(name, {}))  # noqa: E731 - a local shorthand
+    secrets_config = _section("secrets", sec("secrets"), SecretsConfig, _SECRETS)
+    job_secret, job_src = resolve_secret(
+        "secrets.job_secret",
+        "job_secret",
+        secrets_config.job_secret_file,
+        secrets_config.job_secret_env,
+        env,
+    )
+    warmup_secret, warmup_src = resolve_secret(
+        "secrets.warmup_secret",
+        "warmup_secret",
+        secrets_config.warmup_secret_file,
+        secrets_config.warmup_secret_env,
+        env,
+    )
+    daemon = _section("daemon", sec("daemon"), DaemonConfig, _DAEMON)
+    jobs_raw = sec("jobs")
+    cfg = Config(
+        daemon=daemon,
+        http=_section("http", sec("http"), HttpConfig, _HTTP),
+        secrets_config=secrets_config,
+        secrets=Secrets(job=job_secret, warmup=warmup_secret, job_source=job_src, warmup_source=warmup_src),
+        redis=_section("redis", sec("redis"), RedisConfig, _REDIS),
+        locks=_section("locks", sec("locks"), LocksConfig, _LOCKS),
+        cache=_section("cache", sec("cache"), CacheConfig, _CACHE),
+        jobs=_jobs(jobs_raw),
+        on_demand=_section("on_demand", sec("on_demand"), OnDemandConfig, _ON_DEMAND),
+        forecast=_section("forecast", sec("forecast"), ForecastConfig, _FORECAST),
+        ai=_section("ai", sec("ai"), AIConfig, _AI),
+        source=source,
+    )
+    # A job without its own timezone follows daemon.timezone.
+    cfg.jobs.update(
+        {
+            name: replace(job, timezone=daemon.timezone)
+            for name, job in cfg.jobs.items()
+            if "timezone" not in _table(f"jobs.{name}", jobs_raw.get(name, {}))
+        }
+    )
+    _check_relations(cfg)
+    return cfg
+
+
+def load_config(path: str | Path | None, *, env: Mapping[str, str] | None = None) -> Config:
+    """Read and parse a TOML file; ``None`` gives the embedded defaults.
+
+    :raises ConfigError: when the file cannot be read, is not TOML, or holds an invalid value.
+    """
+    if path is None:
+        return parse_config({}, env=env)
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(str(p), MISSING, f"cannot read config file: {exc}") from None
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(p), MISSING, f"invalid TOML: {exc}") from None
+    return parse_config(raw, env=env, source=str(p))
+
+
+def describe(cfg: Config) -> dict[str, Any]:
+    """The effective configuration as plain JSON-able data, with secrets only as set/unset."""
+
+    def plain(obj: Any) -> Any:
+        if isinstance(obj, Path):
+            return str(obj)
+        if isinstance(obj, dict):
+            return {k: plain(v) for k, v in obj.items()}
+        if hasattr(obj, "__dataclass_fields__"):
+            return {f.name: plain(getattr(obj, f.name)) for f in fields(obj) if f.repr}
+        if isinstance(obj, float) and not math.isfinite(obj):
+            return str(obj)
+        return obj
+
+    out: dict[str, Any] = plain(cfg)
+    out["secrets"] = {
+        "job_secret": "set" if cfg.secrets.job else "unset",
+        "job_secret_source": cfg.secrets.job_source,
+        "warmup_secret": "set" if cfg.secrets.warmup else "unset",
+        "warmup_secret_source": cfg.secrets.warmup_source,
+        **plain(cfg.secrets_config),
+    }
+    out.pop("secrets_config", None)
+    return out

@@ -1,0 +1,295 @@
+"""The state database: the only aiosqlite user (SPEC §3).
+
+One file ``<state_dir>/warmupd.db`` in WAL mode, shared by every warmupd process on the host. The
+connection runs in autocommit mode; the few multi-statement writes go through :meth:`Database.transaction`,
+which starts with ``BEGIN IMMEDIATE`` so that a transaction never upgrades from reader to writer halfway
+(the classic SQLITE_BUSY deadlock of deferred transactions). One asyncio lock serialises statements on
+the connection, so a coroutine's statement can never land inside another coroutine's transaction.
+
+The schema is versioned with ``PRAGMA user_version``; migrations are forward-only and applied at open in
+one transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import aiosqlite
+
+from warmupd.errors import ServiceUnavailable
+
+Row = sqlite3.Row
+Params = Sequence[Any] | dict[str, Any]
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    # v1: the tables of SPEC §3.
+    (
+        """CREATE TABLE comparisons(
+            slug TEXT PRIMARY KEY,
+            term_a TEXT NOT NULL,
+            term_b TEXT NOT NULL,
+            timeframe TEXT NOT NULL,
+            geo TEXT NOT NULL DEFAULT '',
+            category TEXT NOT NULL DEFAULT '',
+            series TEXT NOT NULL,
+            points INTEGER NOT NULL,
+            data_hash TEXT NOT NULL,
+            view_count INTEGER NOT NULL DEFAULT 0,
+            last_visited INTEGER,
+            created_at INTEGER NOT NULL,
+            updated_at INTEGER NOT NULL)""",
+        # Serves both popularity orderings of SPEC §6: SQLite sorts NULLs first ascending and
+        # therefore last descending, which is exactly "last_visited DESC NULLS LAST".
+        """CREATE INDEX comparisons_popularity
+            ON comparisons(view_count DESC, last_visited DESC, created_at DESC)""",
+        "CREATE INDEX comparisons_recent ON comparisons(created_at)",
+        "CREATE INDEX comparisons_visited ON comparisons(last_visited)",
+        """CREATE TABLE cache_entries(
+            key TEXT PRIMARY KEY,
+            kind TEXT NOT NULL,
+            slug TEXT NOT NULL,
+            data_hash TEXT NOT NULL,
+            version TEXT NOT NULL,
+            value TEXT NOT NULL,
+            created_at INTEGER NOT NULL,
+            fresh_until INTEGER NOT NULL,
+            stale_until INTEGER NOT NULL,
+            fence_key TEXT NOT NULL,
+            fence INTEGER NOT NULL)""",
+        "CREATE INDEX cache_entries_slug ON cache_entries(slug)",
+        "CREATE INDEX cache_entries_stale_until ON cache_entries(stale_until)",
+        """CREATE TABLE job_runs(
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            job TEXT NOT NULL,
+            status TEXT NOT NULL,
+            reason TEXT,
+            trigger TEXT NOT NULL,
+            node TEXT NOT NULL,
+            started_at INTEGER NOT NULL,
+            finished_at INTEGER,
+            duration_ms INTEGER,
+            processed INTEGER NOT NULL DEFAULT 0,
+            skipped INTEGER NOT NULL DEFAULT 0,
+            failed INTEGER NOT NULL DEFAULT 0,
+            errors TEXT NOT NULL DEFAULT '[]',
+            metadata TEXT NOT NULL DEFAULT '{}')""",
+        "CREATE INDEX job_runs_job ON job_runs(job, id DESC)",
+        "CREATE INDEX job_runs_status ON job_runs(status, id DESC)",
+        "CREATE INDEX job_runs_started ON job_runs(started_at)",
+        """CREATE TABLE locks(
+            key TEXT PRIMARY KEY,
+            owner TEXT NOT NULL,
+            fence INTEGER NOT NULL,
+            acquired_at INTEGER NOT NULL,
+            expires_at INTEGER NOT NULL,
+            holder TEXT NOT NULL DEFAULT '')""",
+        """CREATE TABLE fire_claims(
+            job TEXT NOT NULL,
+            due_at INTEGER NOT NULL,
+            node TEXT NOT NULL,
+            claimed_at INTEGER NOT NULL,
+            expires_at INTEGER NOT NULL,
+            PRIMARY KEY(job, due_at))""",
+        """CREATE TABLE schedule_state(
+            job TEXT PRIMARY KEY,
+            last_fire_at INTEGER,
+            next_fire_at INTEGER)""",
+        """CREATE TABLE warmups(
+            slug TEXT NOT NULL,
+            data_hash TEXT NOT NULL,
+            status TEXT NOT NULL,
+            updated_at INTEGER NOT NULL,
+            error TEXT,
+            run_id INTEGER,
+            PRIMARY KEY(slug, data_hash))""",
+        """CREATE TABLE nodes(
+            node TEXT PRIMARY KEY,
+            started_at INTEGER NOT NULL,
+            heartbeat_at INTEGER NOT NULL)""",
+    ),
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class Database:
+    """An open state database. Use as ``async with Database(path) as db:``."""
+
+    def __init__(self, path: str | Path, *, busy_timeout_ms: int = 5_000) -> None:
+        self.path = Path(path)
+        self.busy_timeout_ms = busy_timeout_ms
+        self._conn: aiosqlite.Connection | None = None
+        self._lock = asyncio.Lock()
+
+    async def __aenter__(self) -> Database:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def open(self, *, migrate: bool = True) -> None:
+        """Open the file (creating its directory), set the pragmas, apply migrations."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = await aiosqlite.connect(self.path, isolation_level=None)
+        conn.row_factory = sqlite3.Row
+        try:
+            await conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
+            await conn.execute("PRAGMA journal_mode = WAL")
+            await conn.execute("PRAGMA synchronous = NORMAL")
+            await conn.execute("PRAGMA foreign_keys = ON")
+        except BaseException:
+            await conn.close()
+            raise
+        self._conn = conn
+        if migrate:
+            await self.migrate()
+
+    async def close(self) -> None:
+        """Close the connection (idempotent)."""
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            await conn.close()
+
+    @property
+    def conn(self) -> aiosqlite.Connection:
+        """The open connection.
+
+        :raises ServiceUnavailable: when the database is not open.
+        """
+        if self._conn is None:
+            raise ServiceUnavailable("the state database is not open")
+        return self._conn
+
+    @property
+    def is_open(self) -> bool:
+        """Whether the connection is open."""
+        return self._conn is not None
+
+    async def migrate(self) -> tuple[int, int]:
+        """Apply pending migrations in one ``BEGIN IMMEDIATE`` transaction.
+
+        :returns: ``(version_before, version_after)``.
+        :raises RuntimeError: when the file's schema is newer than this code knows.
+        """
+        async with self.transaction() as tx:
+            row = await tx.fetchone("PRAGMA user_version")
+            before = int(row[0]) if row else 0
+            if before > SCHEMA_VERSION:
+                raise RuntimeError(
+                    f"{self.path} has schema version {before}, newer than this warmupd "
+                    f"({SCHEMA_VERSION}); refusing to touch it"
+                )
+            for statements in MIGRATIONS[before:]:
+                for sql in statements:
+                    await tx.execute(sql)
+            if before != SCHEMA_VERSION:
+                await tx.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        return before, SCHEMA_VERSION
+
+    async def schema_version(self) -> int:
+        """The file's ``PRAGMA user_version``."""
+        row = await self.fetchone("PRAGMA user_version")
+        return int(row[0]) if row else 0
+
+    def size_bytes(self) -> int:
+        """Size of the database file plus its WAL."""
+        total = 0
+        for suffix in ("", "-wal"):
+            try:
+                total += Path(f"{self.path}{suffix}").stat().st_size
+            except FileNotFoundError:
+                pass
+        return total
+
+    # ----------------------------------------------------------------- statements
+
+    async def execute(self, sql: str, params: Params = ()) -> int:
+        """Run one statement in autocommit mode; return its rowcount."""
+        async with self._lock:
+            cur = await self.conn.execute(sql, params)
+            rowcount = cur.rowcount
+            await cur.close()
+            return rowcount
+
+    async def executemany(self, sql: str, rows: Iterable[Params]) -> None:
+        """Run one statement for many parameter sets inside one transaction."""
+        async with self.transaction() as tx:
+            await tx.conn.executemany(sql, rows)
+
+    async def fetchone(self, sql: str, params: Params = ()) -> Row | None:
+        """Run a query (or a ``RETURNING`` statement) and return its first row."""
+        async with self._lock:
+            cur = await self.conn.execute(sql, params)
+            row = await cur.fetchone()
+            await cur.close()
+            return row  # type: ignore[no-any-return]
+
+    async def fetchall(self, sql: str, params: Params = ()) -> list[Row]:
+        """Run a query and return every row."""
+        async with self._lock:
+            cur = await self.conn.execute(sql, params)
+            rows = await cur.fetchall()
+            await cur.close()
+            return list(rows)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Transaction]:
+        """``BEGIN IMMEDIATE`` … ``COMMIT`` (``ROLLBACK`` on any exception or cancellation)."""
+        async with self._lock:
+            conn = self.conn
+            await conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield Transaction(conn)
+            except BaseException:
+                # Shield the rollback: a cancelled task must still leave the connection clean.
+                await asyncio.shield(conn.execute("ROLLBACK"))
+                raise
+            else:
+                await conn.execute("COMMIT")
+
+
+class Transaction:
+    """Statements inside :meth:`Database.transaction` (the database lock is already held)."""
+
+    def __init__(self, conn: aiosqlite.Connection) -> None:
+        self.conn = conn
+
+    async def execute(self, sql: str, params: Params = ()) -> int:
+        """Run one statement; return its rowcount."""
+        cur = await self.conn.execute(sql, params)
+        rowcount = cur.rowcount
+        await cur.close()
+        return rowcount
+
+    async def fetchone(self, sql: str, params: Params = ()) -> Row | None:
+        """Run a query and return its first row."""
+        cur = await self.conn.execute(sql, params)
+        row = await cur.fetchone()
+        await cur.close()
+        return row  # type: ignore[no-any-return]
+
+    async def fetchall(self, sql: str, params: Params = ()) -> list[Row]:
+        """Run a query and return every row."""
+        cur = await self.conn.execute(sql, params)
+        rows = await cur.fetchall()
+        await cur.close()
+        return list(rows)
+
+
+def is_busy_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is SQLite's "database is locked/busy" after ``busy_timeout`` ran out."""
+    return isinstance(exc, sqlite3.OperationalError) and (
+        "locked" in str(exc) or "busy" in str(exc)
+    )
+
+
+DatabaseError = sqlite3.Error
+"""Base class of the errors a statement can raise (re-exported so callers need not import sqlite3)."""

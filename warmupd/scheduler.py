@@ -1,0 +1,19 @@
+"""Cron scheduling (placeholder until the scheduler branch lands: only validation lives here)."""
+
+from __future__ import annotations
+
+from croniter import croniter
+
+
+def validate_schedule(expr: str) -> None:
+    """Raise ``ValueError`` with a human reason when ``expr`` is not a valid schedule."""
+    text = expr.strip()
+    if text.startswith("@"):
+        if text not in ("@hourly", "@daily", "@weekly", "@monthly", "@yearly", "@annually", "@midnight"):
+            raise ValueError(f"invalid cron expression {expr!r} (unknown alias)")
+        return
+    parts = text.split()
+    if len(parts) == 6:
+        parts = parts[1:] + parts[:1]
+    if len(parts) not in (5, 6) or not croniter.is_valid(" ".join(parts)):
+        raise ValueError(f"invalid cron expression {expr!r}")
