@@ -67,8 +67,8 @@ class HttpConfig:
 class SecretsConfig:
     """``[secrets]``: where the two secrets come from (the values live in :class:`Secrets`)."""
 
-    job_secret_env: str = "JOB_SECRET"
-    warmup_secret_env: str = "WARMUP_SECRET"
+    job_secret_env: str = "JOB_SECRET"  # noqa: S105 - an env var's name, not a secret
+    warmup_secret_env: str = "WARMUP_SECRET"  # noqa: S105 - an env var's name, not a secret
     job_secret_file: str | None = None
     warmup_secret_file: str | None = None
 
@@ -226,7 +226,9 @@ def parse_duration_ms(path: str, value: object, *, allow_zero: bool = False) -> 
         match = _DURATION_RE.match(value)
         if not match:
             raise ConfigError(
-                path, value, f"invalid duration {value!r} (use e.g. '500ms', '30s', '15m', '1h', '7d')"
+                path,
+                value,
+                f"invalid duration {value!r} (use e.g. '500ms', '30s', '15m', '1h', '7d')",
             )
         ms = round(float(match.group(1)) * _UNIT_MS[match.group(2)])
     else:
@@ -252,7 +254,9 @@ def parse_bool(path: str, value: object) -> bool:
     return value
 
 
-def parse_str(path: str, value: object, *, choices: tuple[str, ...] = (), empty: bool = False) -> str:
+def parse_str(
+    path: str, value: object, *, choices: tuple[str, ...] = (), empty: bool = False
+) -> str:
     """A string, optionally one of ``choices``."""
     if not isinstance(value, str):
         raise ConfigError(path, value, "must be a string")
@@ -314,7 +318,9 @@ def _section(
         where = f"{path}.{unknown[0]}" if path else unknown[0]
         raise ConfigError(where, MISSING, f"unknown key (known: {', '.join(sorted(parsers))})")
     values = {
-        attr: parse(f"{path}.{key}", raw[key]) for key, (attr, parse) in parsers.items() if key in raw
+        attr: parse(f"{path}.{key}", raw[key])
+        for key, (attr, parse) in parsers.items()
+        if key in raw
     }
     return replace(base, **values) if base is not None else cls(**values)  # type: ignore[type-var]
 
@@ -392,15 +398,30 @@ _AI = {
     "prompt_version": ("prompt_version", _opt_str),
     "concurrency": ("concurrency", _int(1, 64)),
 }
-_TOP = ("daemon", "http", "secrets", "redis", "locks", "cache", "jobs", "on_demand", "forecast", "ai")
+_TOP = (
+    "daemon",
+    "http",
+    "secrets",
+    "redis",
+    "locks",
+    "cache",
+    "jobs",
+    "on_demand",
+    "forecast",
+    "ai",
+)
 
 
 def _jobs(raw: Mapping[str, Any]) -> dict[str, JobConfig]:
     jobs = _default_jobs()
     for name, table in raw.items():
         if name not in jobs:
-            raise ConfigError(f"jobs.{name}", MISSING, f"unknown job (known: {', '.join(KNOWN_JOBS)})")
-        jobs[name] = _section(f"jobs.{name}", _table(f"jobs.{name}", table), JobConfig, _JOB, jobs[name])
+            raise ConfigError(
+                f"jobs.{name}", MISSING, f"unknown job (known: {', '.join(KNOWN_JOBS)})"
+            )
+        jobs[name] = _section(
+            f"jobs.{name}", _table(f"jobs.{name}", table), JobConfig, _JOB, jobs[name]
+        )
     return jobs
 
 
@@ -445,7 +466,9 @@ def _read_secret(path: str, file: Path) -> str | None:
         text = file.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         # The file name is configuration, not a secret; the reason comes from the OS.
-        raise ConfigError(path, str(file), f"cannot read secret file: {exc.strerror or exc}") from None
+        raise ConfigError(
+            path, str(file), f"cannot read secret file: {getattr(exc, 'strerror', None) or exc}"
+        ) from None
     return text.strip() or None
 
 
@@ -463,7 +486,10 @@ def parse_config(
     unknown = sorted(set(raw) - set(_TOP))
     if unknown:
         raise ConfigError(unknown[0], MISSING, f"unknown section (known: {', '.join(_TOP)})")
-    sec = lambda name: _table(name, raw.get(name, {}))  # noqa: E731 - a local shorthand
+
+    def sec(name: str) -> Mapping[str, Any]:
+        return _table(name, raw.get(name, {}))
+
     secrets_config = _section("secrets", sec("secrets"), SecretsConfig, _SECRETS)
     job_secret, job_src = resolve_secret(
         "secrets.job_secret",
@@ -485,7 +511,9 @@ def parse_config(
         daemon=daemon,
         http=_section("http", sec("http"), HttpConfig, _HTTP),
         secrets_config=secrets_config,
-        secrets=Secrets(job=job_secret, warmup=warmup_secret, job_source=job_src, warmup_source=warmup_src),
+        secrets=Secrets(
+            job=job_secret, warmup=warmup_secret, job_source=job_src, warmup_source=warmup_src
+        ),
         redis=_section("redis", sec("redis"), RedisConfig, _REDIS),
         locks=_section("locks", sec("locks"), LocksConfig, _LOCKS),
         cache=_section("cache", sec("cache"), CacheConfig, _CACHE),

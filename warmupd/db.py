@@ -13,6 +13,7 @@ one transaction.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
@@ -131,7 +132,10 @@ class Database:
         return self
 
     async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         await self.close()
 
@@ -150,7 +154,11 @@ class Database:
             raise
         self._conn = conn
         if migrate:
-            await self.migrate()
+            try:
+                await self.migrate()
+            except BaseException:
+                await self.close()
+                raise
 
     async def close(self) -> None:
         """Close the connection (idempotent)."""
@@ -203,10 +211,8 @@ class Database:
         """Size of the database file plus its WAL."""
         total = 0
         for suffix in ("", "-wal"):
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 total += Path(f"{self.path}{suffix}").stat().st_size
-            except FileNotFoundError:
-                pass
         return total
 
     # ----------------------------------------------------------------- statements
@@ -230,7 +236,7 @@ class Database:
             cur = await self.conn.execute(sql, params)
             row = await cur.fetchone()
             await cur.close()
-            return row  # type: ignore[no-any-return]
+            return row
 
     async def fetchall(self, sql: str, params: Params = ()) -> list[Row]:
         """Run a query and return every row."""
@@ -274,7 +280,7 @@ class Transaction:
         cur = await self.conn.execute(sql, params)
         row = await cur.fetchone()
         await cur.close()
-        return row  # type: ignore[no-any-return]
+        return row
 
     async def fetchall(self, sql: str, params: Params = ()) -> list[Row]:
         """Run a query and return every row."""

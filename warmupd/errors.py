@@ -49,8 +49,6 @@ class ConfigError(WarmupdError):
         super().__init__(message)
 
 
-
-
 class UsageError(WarmupdError):
     """A CLI invocation is wrong (bad argument, unreadable file)."""
 

@@ -1,0 +1,70 @@
+"""State database: pragmas, migrations, transactions."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from warmupd.db import SCHEMA_VERSION, Database
+
+
+async def test_pragmas_are_set(db: Database) -> None:
+    assert (await db.fetchone("PRAGMA journal_mode"))[0] == "wal"
+    assert (await db.fetchone("PRAGMA synchronous"))[0] == 1  # NORMAL
+    assert (await db.fetchone("PRAGMA busy_timeout"))[0] >= 5000
+    assert (await db.fetchone("PRAGMA foreign_keys"))[0] == 1
+
+
+async def test_migrations_are_idempotent(tmp_path: Path) -> None:
+    path = tmp_path / "w.db"
+    async with Database(path) as db:
+        assert await db.schema_version() == SCHEMA_VERSION
+        schema_before = await db.fetchall("SELECT sql FROM sqlite_master ORDER BY name")
+        assert await db.migrate() == (SCHEMA_VERSION, SCHEMA_VERSION)
+    async with Database(path) as db:
+        schema_after = await db.fetchall("SELECT sql FROM sqlite_master ORDER BY name")
+    assert [tuple(r) for r in schema_before] == [tuple(r) for r in schema_after]
+
+
+async def test_an_empty_version_0_file_migrates(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    sqlite3.connect(path).close()  # a file created before any warmupd schema existed
+    async with Database(path) as db:
+        assert await db.schema_version() == SCHEMA_VERSION
+        tables = {
+            r[0] for r in await db.fetchall("SELECT name FROM sqlite_master WHERE type='table'")
+        }
+    assert {
+        "comparisons",
+        "cache_entries",
+        "job_runs",
+        "locks",
+        "schedule_state",
+        "warmups",
+    } <= tables
+
+
+async def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "future.db"
+    conn = sqlite3.connect(path)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.close()
+    with pytest.raises(RuntimeError, match="newer than this warmupd"):
+        async with Database(path):
+            pass
+
+
+async def test_transaction_rolls_back_on_error(db: Database) -> None:
+    async def write_then_fail() -> None:
+        async with db.transaction() as tx:
+            await tx.execute("INSERT INTO schedule_state(job, last_fire_at) VALUES ('x', 1)")
+            raise ValueError("boom")
+
+    with pytest.raises(ValueError, match="boom"):
+        await write_then_fail()
+    assert await db.fetchone("SELECT * FROM schedule_state") is None
+    async with db.transaction() as tx:
+        await tx.execute("INSERT INTO schedule_state(job, last_fire_at) VALUES ('x', 1)")
+    assert (await db.fetchone("SELECT last_fire_at FROM schedule_state"))[0] == 1

@@ -1,0 +1,255 @@
+"""The ``warmupd`` command line (SPEC §10): ``main(argv) -> int``.
+
+Every command maps errors through :func:`warmupd.errors.exit_code_for` and prints one line to stderr:
+an operator sees ``config error: jobs.x.schedule: …``, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Callable, Coroutine, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from warmupd import __version__
+from warmupd.clock import SystemClock
+from warmupd.config import Config, describe, load_config
+from warmupd.db import Database
+from warmupd.errors import UsageError, WarmupdError, exit_code_for
+
+DEFAULT_CONFIG = "/etc/warmupd/warmupd.toml"
+
+
+def config_path(arg: str | None) -> str | None:
+    """``-c`` wins, then ``$WARMUPD_CONFIG``, then /etc/warmupd/warmupd.toml if it exists.
+
+    With none of them the embedded defaults apply (``None``).
+    """
+    if arg:
+        return arg
+    env = os.environ.get("WARMUPD_CONFIG")
+    if env:
+        return env
+    return DEFAULT_CONFIG if Path(DEFAULT_CONFIG).exists() else None
+
+
+def _load(args: argparse.Namespace) -> Config:
+    return load_config(config_path(args.config))
+
+
+def _run_async(coro: Coroutine[Any, Any, int]) -> int:
+    return asyncio.run(coro)
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    """Validate the config; print the effective config and the next fires of every job."""
+    from warmupd.scheduler import describe_next_fires
+
+    cfg = _load(args)
+    now_ms = SystemClock().wall_ms()
+    fires = {
+        name: describe_next_fires(job.schedule, job.timezone, now_ms, 3)
+        for name, job in cfg.jobs.items()
+    }
+    if args.json:
+        doc = {
+            "config": describe(cfg),
+            "nextFires": {name: [utc for utc, _ in pairs] for name, pairs in fires.items()},
+        }
+        print(json.dumps(doc, indent=2))
+        return 0
+    print(f"config OK: {cfg.source or '(embedded defaults)'}")
+    _print_tree(describe(cfg))
+    print("next fires:")
+    for name, pairs in fires.items():
+        job = cfg.jobs[name]
+        state = "" if job.enabled else " (disabled)"
+        print(f"  {name} [{job.schedule} {job.timezone}]{state}")
+        for utc, local in pairs:
+            print(f"    {utc}   {local}")
+    return 0
+
+
+def _print_tree(tree: dict[str, Any], indent: str = "") -> None:
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            print(f"{indent}[{key}]")
+            _print_tree(value, indent + "  ")
+        else:
+            print(f"{indent}{key} = {json.dumps(value)}")
+
+
+def cmd_calendar(args: argparse.Namespace) -> int:
+    """Print the next N fire times of any schedule under warmupd's rules."""
+    from warmupd.scheduler import describe_next_fires, validate_schedule
+
+    try:
+        validate_schedule(args.expr)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    try:
+        after_ms = _parse_after(args.after) if args.after else SystemClock().wall_ms()
+        pairs = describe_next_fires(args.expr, args.tz, after_ms, args.n)
+    except (ValueError, KeyError) as exc:
+        raise UsageError(f"calendar: {exc}") from None
+    if args.json:
+        print(json.dumps([utc for utc, _ in pairs]))
+    else:
+        print(f"schedule: {args.expr}  (time zone {args.tz})")
+        for i, (utc, local) in enumerate(pairs, 1):
+            print(f"{i:>4}  {utc}   {local}")
+    return 0
+
+
+def _parse_after(text: str) -> int:
+    dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return int(dt.timestamp() * 1000)
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    """Apply pending schema migrations."""
+    cfg = _load(args)
+
+    async def go() -> int:
+        async with Database(cfg.daemon.db_path, busy_timeout_ms=5000) as db:
+            version = await db.schema_version()
+        print(f"{cfg.daemon.db_path}: schema version {version}")
+        return 0
+
+    return _run_async(go())
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    """Bulk upsert comparisons from a JSONL file; report bad lines by number."""
+    from warmupd.importer import import_lines
+
+    cfg = _load(args)
+    path = Path(args.file)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read {path}: {exc}") from None
+
+    async def go() -> int:
+        async with Database(cfg.daemon.db_path) as db:
+            report = await import_lines(db, text.splitlines(), SystemClock().wall_ms())
+        for line_no, reason in report.errors:
+            print(f"{path}:{line_no}: {reason}", file=sys.stderr)
+        print(
+            f"imported {report.created + report.updated} comparisons "
+            f"({report.created} new, {report.updated} updated), {len(report.errors)} bad lines"
+        )
+        return 1 if report.errors and not (report.created + report.updated) else 0
+
+    return _run_async(go())
+
+
+def cmd_demo_data(args: argparse.Namespace) -> int:
+    """Load realistic synthetic comparisons."""
+    from warmupd.importer import load_demo_data
+
+    cfg = _load(args)
+
+    async def go() -> int:
+        async with Database(cfg.daemon.db_path) as db:
+            n = await load_demo_data(
+                db,
+                count=args.count,
+                seed=args.seed,
+                now_ms=SystemClock().wall_ms(),
+                only_if_empty=args.if_empty,
+            )
+        print(f"demo data: {n} comparisons loaded into {cfg.daemon.db_path}")
+        return 0
+
+    return _run_async(go())
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Run the daemon until SIGTERM/SIGINT."""
+    from warmupd.daemon import serve
+
+    cfg = _load(args)
+    return _run_async(serve(cfg, log_format=args.log_format, log_level=args.log_level))
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for tests and docs)."""
+    parser = argparse.ArgumentParser(
+        prog="warmupd", description="Keeps expensive derived results warm."
+    )
+    parser.add_argument("--version", action="version", version=f"warmupd {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(
+        name: str, func: Callable[[argparse.Namespace], int], help_: str
+    ) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=help_)
+        p.add_argument(
+            "-c",
+            "--config",
+            help="config file (default $WARMUPD_CONFIG, then /etc/warmupd/warmupd.toml)",
+        )
+        p.set_defaults(func=func)
+        return p
+
+    p = add("serve", cmd_serve, "run the daemon")
+    p.add_argument("--log-format", choices=("text", "json"), default="text")
+    p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
+
+    p = add("check-config", cmd_check_config, "validate the config and show the next fires")
+    p.add_argument("--json", action="store_true", help="one JSON object for scripts")
+
+    add("migrate", cmd_migrate, "apply pending schema migrations")
+
+    p = add("import", cmd_import, "bulk upsert comparisons from a JSONL file")
+    p.add_argument("file", metavar="FILE.jsonl")
+
+    p = add("demo-data", cmd_demo_data, "load realistic synthetic comparisons")
+    p.add_argument("--count", type=int, default=40)
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--if-empty", action="store_true", help="only when the database has none")
+
+    p = add("calendar", cmd_calendar, "show the next fire times of a schedule")
+    p.add_argument("expr", metavar="EXPR")
+    p.add_argument("--tz", default="UTC")
+    p.add_argument("--after", help="ISO-8601 start instant (default now)")
+    p.add_argument("-n", type=int, default=5)
+    p.add_argument("--json", action="store_true")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``warmupd`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except WarmupdError as exc:
+        print(
+            f"warmupd: {exc}" if not str(exc).startswith("config error") else str(exc),
+            file=sys.stderr,
+        )
+        return exit_code_for(exc)
+    except KeyboardInterrupt:
+        return 130
+    except OSError as exc:
+        print(f"warmupd: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,388 @@
+"""Repositories over the state database: comparisons, cache entries, schedule state and warmups.
+
+Job runs live in :mod:`warmupd.runs`. Every timestamp is integer epoch milliseconds; every method takes
+``now_ms`` where time matters, so tests decide what "now" is.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from warmupd.db import Database, Row
+from warmupd.models import Comparison, Freshness, WarmupState
+
+FORECAST = "forecast"
+INSIGHTS = "insights"
+TERM_LABELS = ("termA", "termB")
+
+
+def forecast_key(slug: str, term_label: str, data_hash: str) -> str:
+    """Cache key of one term's forecast (SPEC §7)."""
+    return f"forecast:{slug}:{term_label}:{data_hash}"
+
+
+def insights_key(slug: str, data_hash: str) -> str:
+    """Cache key of a comparison's insight pack (SPEC §7)."""
+    return f"insights:{slug}:{data_hash}"
+
+
+# --------------------------------------------------------------------------- comparisons
+
+_COMPARISON_COLUMNS = (
+    "slug, term_a, term_b, timeframe, geo, category, series, view_count, last_visited, "
+    "created_at, updated_at"
+)
+
+
+def _comparison(row: Row) -> Comparison:
+    return Comparison(
+        slug=row["slug"],
+        term_a=row["term_a"],
+        term_b=row["term_b"],
+        timeframe=row["timeframe"],
+        geo=row["geo"],
+        category=row["category"],
+        series=tuple(json.loads(row["series"])),
+        view_count=row["view_count"],
+        last_visited_ms=row["last_visited"],
+        created_at_ms=row["created_at"],
+        updated_at_ms=row["updated_at"],
+    )
+
+
+class ComparisonStore:
+    """The ``comparisons`` table."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def upsert(self, comparison: Comparison, now_ms: int) -> tuple[bool, str]:
+        """Insert or replace a comparison's definition and series, keeping its views.
+
+        :returns: ``(created, data_hash)``.
+        """
+        data_hash = comparison.data_hash
+        row = await self.db.fetchone(
+            """INSERT INTO comparisons(slug, term_a, term_b, timeframe, geo, category, series, points,
+                   data_hash, view_count, last_visited, created_at, updated_at)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, NULL, ?, ?)
+               ON CONFLICT(slug) DO UPDATE SET
+                   term_a = excluded.term_a, term_b = excluded.term_b,
+                   timeframe = excluded.timeframe, geo = excluded.geo,
+                   category = excluded.category, series = excluded.series,
+                   points = excluded.points, data_hash = excluded.data_hash,
+                   updated_at = excluded.updated_at
+               RETURNING created_at""",
+            (
+                comparison.slug,
+                comparison.term_a,
+                comparison.term_b,
+                comparison.timeframe,
+                comparison.geo,
+                comparison.category,
+                json.dumps(list(comparison.series), separators=(",", ":")),
+                len(comparison.series),
+                data_hash,
+                now_ms,
+                now_ms,
+            ),
+        )
+        created = row is not None and row["created_at"] == now_ms
+        return created, data_hash
+
+    async def get(self, slug: str) -> Comparison | None:
+        """One comparison, or None."""
+        row = await self.db.fetchone(
+            f"SELECT {_COMPARISON_COLUMNS} FROM comparisons WHERE slug = ?", (slug,)
+        )
+        return _comparison(row) if row else None
+
+    async def current_hash(self, slug: str) -> tuple[str, int] | None:
+        """``(data_hash, points)`` of a comparison without loading its series."""
+        row = await self.db.fetchone(
+            "SELECT data_hash, points FROM comparisons WHERE slug = ?", (slug,)
+        )
+        return (row["data_hash"], row["points"]) if row else None
+
+    async def add_views(self, slug: str, count: int, at_ms: int) -> bool:
+        """Add ``count`` views and move ``last_visited`` forward to ``at_ms``; False if unknown."""
+        changed = await self.db.execute(
+            """UPDATE comparisons SET view_count = view_count + ?,
+                   last_visited = max(coalesce(last_visited, 0), ?)
+               WHERE slug = ?""",
+            (count, at_ms, slug),
+        )
+        return changed > 0
+
+    async def count(self) -> int:
+        """Number of comparisons."""
+        row = await self.db.fetchone("SELECT count(*) FROM comparisons")
+        return int(row[0]) if row else 0
+
+    async def select_for_forecasts(
+        self, now_ms: int, window_ms: int, limit: int
+    ) -> list[Comparison]:
+        """SPEC §6 selection of ``warmup-forecasts`` (popular or recent comparisons)."""
+        since = now_ms - window_ms
+        # DESC puts NULLs last in SQLite, so this ORDER BY is "last_visited DESC NULLS LAST" and
+        # walks the comparisons_popularity index in order, stopping after LIMIT matches.
+        rows = await self.db.fetchall(
+            f"""SELECT {_COMPARISON_COLUMNS} FROM comparisons
+                WHERE created_at >= ? OR last_visited >= ? OR view_count > 0
+                ORDER BY view_count DESC, last_visited DESC, created_at DESC
+                LIMIT ?""",
+            (since, since, limit),
+        )
+        return [_comparison(r) for r in rows]
+
+    async def select_for_insights(
+        self, now_ms: int, window_ms: int, min_views: int, limit: int
+    ) -> list[Comparison]:
+        """SPEC §6 selection of ``warmup-ai-explanations``."""
+        rows = await self.db.fetchall(
+            f"""SELECT {_COMPARISON_COLUMNS} FROM comparisons
+                WHERE view_count >= ? OR last_visited >= ?
+                ORDER BY view_count DESC, last_visited DESC, created_at DESC
+                LIMIT ?""",
+            (min_views, now_ms - window_ms, limit),
+        )
+        return [_comparison(r) for r in rows]
+
+
+# --------------------------------------------------------------------------- cache
+
+
+@dataclass(frozen=True, kw_only=True)
+class CacheEntry:
+    """One cache entry and its freshness at the instant it was read."""
+
+    key: str
+    kind: str
+    slug: str
+    data_hash: str
+    version: str
+    value: dict[str, Any]
+    created_at_ms: int
+    fresh_until_ms: int
+    stale_until_ms: int
+    freshness: Freshness
+
+
+def freshness_at(fresh_until_ms: int, stale_until_ms: int, now_ms: int) -> Freshness:
+    """SPEC §7: fresh while now < fresh_until, stale while now < stale_until, else missing."""
+    if now_ms < fresh_until_ms:
+        return Freshness.FRESH
+    if now_ms < stale_until_ms:
+        return Freshness.STALE
+    return Freshness.MISSING
+
+
+class CacheStore:
+    """The ``cache_entries`` table with fenced writes."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def put(
+        self,
+        key: str,
+        *,
+        kind: str,
+        slug: str,
+        data_hash: str,
+        version: str,
+        value: dict[str, Any],
+        now_ms: int,
+        fresh_ttl_ms: int,
+        stale_ttl_ms: int,
+        fence_key: str,
+        fence: int,
+    ) -> bool:
+        """Write an entry unless a newer holder of the same lock already wrote it.
+
+        ``fence_key`` names the lock lineage (backend and lock key) and ``fence`` the writer's fencing
+        token. A write is rejected when the stored entry came from the same lineage with a *higher*
+        token: a stale holder can never overwrite a newer result. Tokens of different locks are not
+        comparable, so a write from another lineage (say the nightly job after an on-demand warmup)
+        replaces the entry; both computed the same inputs (the key includes the dataHash).
+
+        :returns: True when written.
+        """
+        changed = await self.db.execute(
+            """INSERT INTO cache_entries(key, kind, slug, data_hash, version, value, created_at,
+                   fresh_until, stale_until, fence_key, fence)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+               ON CONFLICT(key) DO UPDATE SET
+                   kind = excluded.kind, slug = excluded.slug, data_hash = excluded.data_hash,
+                   version = excluded.version, value = excluded.value,
+                   created_at = excluded.created_at, fresh_until = excluded.fresh_until,
+                   stale_until = excluded.stale_until, fence_key = excluded.fence_key,
+                   fence = excluded.fence
+               WHERE cache_entries.fence_key <> excluded.fence_key
+                  OR cache_entries.fence <= excluded.fence""",
+            (
+                key,
+                kind,
+                slug,
+                data_hash,
+                version,
+                json.dumps(value, separators=(",", ":"), allow_nan=False),
+                now_ms,
+                now_ms + fresh_ttl_ms,
+                now_ms + stale_ttl_ms,
+                fence_key,
+                fence,
+            ),
+        )
+        return changed > 0
+
+    async def get_many(self, keys: list[str], now_ms: int) -> dict[str, CacheEntry]:
+        """Entries for ``keys`` that are fresh or stale (missing ones are absent)."""
+        if not keys:
+            return {}
+        marks = ",".join("?" * len(keys))
+        rows = await self.db.fetchall(
+            f"""SELECT key, kind, slug, data_hash, version, value, created_at, fresh_until,
+                   stale_until FROM cache_entries WHERE key IN ({marks}) AND stale_until > ?""",
+            (*keys, now_ms),
+        )
+        return {
+            r["key"]: CacheEntry(
+                key=r["key"],
+                kind=r["kind"],
+                slug=r["slug"],
+                data_hash=r["data_hash"],
+                version=r["version"],
+                value=json.loads(r["value"]),
+                created_at_ms=r["created_at"],
+                fresh_until_ms=r["fresh_until"],
+                stale_until_ms=r["stale_until"],
+                freshness=freshness_at(r["fresh_until"], r["stale_until"], now_ms),
+            )
+            for r in rows
+        }
+
+    async def freshness(self, keys: list[str], now_ms: int) -> dict[str, tuple[Freshness, str]]:
+        """``{key: (freshness, version)}`` for every key, without loading values."""
+        out = dict.fromkeys(keys, (Freshness.MISSING, ""))
+        if not keys:
+            return out
+        marks = ",".join("?" * len(keys))
+        rows = await self.db.fetchall(
+            f"""SELECT key, version, fresh_until, stale_until FROM cache_entries
+                WHERE key IN ({marks})""",
+            tuple(keys),
+        )
+        for r in rows:
+            out[r["key"]] = (freshness_at(r["fresh_until"], r["stale_until"], now_ms), r["version"])
+        return out
+
+    async def purge_expired(self, now_ms: int) -> int:
+        """Delete entries past ``stale_until``; returns how many."""
+        return await self.db.execute("DELETE FROM cache_entries WHERE stale_until <= ?", (now_ms,))
+
+    async def counts(self, now_ms: int) -> dict[tuple[str, str], int]:
+        """``{(kind, state): n}`` with state fresh, stale or expired (not yet purged)."""
+        rows = await self.db.fetchall(
+            """SELECT kind,
+                   CASE WHEN fresh_until > ? THEN 'fresh'
+                        WHEN stale_until > ? THEN 'stale' ELSE 'expired' END AS state,
+                   count(*) AS n
+               FROM cache_entries GROUP BY kind, state""",
+            (now_ms, now_ms),
+        )
+        return {(r["kind"], r["state"]): r["n"] for r in rows}
+
+
+# --------------------------------------------------------------------------- schedule state
+
+
+class ScheduleStore:
+    """The ``schedule_state`` table (implements the scheduler's state protocol)."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def load(self, job: str) -> tuple[int | None, int | None]:
+        """``(last_fire_ms, next_fire_ms)`` of a job, Nones when never persisted."""
+        row = await self.db.fetchone(
+            "SELECT last_fire_at, next_fire_at FROM schedule_state WHERE job = ?", (job,)
+        )
+        return (row["last_fire_at"], row["next_fire_at"]) if row else (None, None)
+
+    async def save(self, job: str, last_fire_ms: int | None, next_fire_ms: int | None) -> None:
+        """Persist a job's last and next fire; ``last_fire_at`` never moves backwards."""
+        await self.db.execute(
+            """INSERT INTO schedule_state(job, last_fire_at, next_fire_at) VALUES (?, ?, ?)
+               ON CONFLICT(job) DO UPDATE SET
+                   last_fire_at = max(coalesce(schedule_state.last_fire_at, 0),
+                                      coalesce(excluded.last_fire_at, 0)),
+                   next_fire_at = excluded.next_fire_at""",
+            (job, last_fire_ms, next_fire_ms),
+        )
+
+
+# --------------------------------------------------------------------------- warmups
+
+
+@dataclass(frozen=True, kw_only=True)
+class WarmupRow:
+    """The on-demand status row a client polls."""
+
+    slug: str
+    data_hash: str
+    status: WarmupState
+    updated_at_ms: int
+    error: str | None
+    run_id: int | None
+
+
+class WarmupStore:
+    """The ``warmups`` table."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def set(
+        self,
+        slug: str,
+        data_hash: str,
+        status: WarmupState,
+        now_ms: int,
+        *,
+        error: str | None = None,
+        run_id: int | None = None,
+    ) -> None:
+        """Record the warmup state of ``slug`` at ``data_hash``."""
+        await self.db.execute(
+            """INSERT INTO warmups(slug, data_hash, status, updated_at, error, run_id)
+               VALUES (?, ?, ?, ?, ?, ?)
+               ON CONFLICT(slug, data_hash) DO UPDATE SET status = excluded.status,
+                   updated_at = excluded.updated_at, error = excluded.error,
+                   run_id = coalesce(excluded.run_id, warmups.run_id)""",
+            (slug, data_hash, status.value, now_ms, error, run_id),
+        )
+
+    async def get(self, slug: str, data_hash: str) -> WarmupRow | None:
+        """The row for ``slug`` at ``data_hash``, or None."""
+        row = await self.db.fetchone(
+            """SELECT slug, data_hash, status, updated_at, error, run_id FROM warmups
+               WHERE slug = ? AND data_hash = ?""",
+            (slug, data_hash),
+        )
+        if row is None:
+            return None
+        return WarmupRow(
+            slug=row["slug"],
+            data_hash=row["data_hash"],
+            status=WarmupState(row["status"]),
+            updated_at_ms=row["updated_at"],
+            error=row["error"],
+            run_id=row["run_id"],
+        )
+
+    async def purge_before(self, before_ms: int) -> int:
+        """Delete status rows not updated since ``before_ms``."""
+        return await self.db.execute("DELETE FROM warmups WHERE updated_at < ?", (before_ms,))
