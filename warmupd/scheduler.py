@@ -339,3 +339,16 @@ class JobSchedule:
     def fire_times(self, after_ms: int, n: int) -> list[int]:
         """The next ``n`` nominal fire instants strictly after ``after_ms`` (jitter not added)."""
         return next_fire_times(self.expr, self.timezone, after_ms, n)
+
+    def overdue_at_ms(self, last_success_ms: int) -> int | None:
+        """When the job becomes overdue if nothing succeeds after ``last_success_ms`` (SPEC §4).
+
+        "Older than two schedule periods plus misfire_grace" is read on the calendar: two fires
+        after the last success have come due (jitter included) and grace has passed since the
+        second, so irregular schedules (weekdays only, monthly) are judged by their own rhythm.
+        ``None`` when the schedule has fewer than two fires left.
+        """
+        upcoming = self.fire_times(last_success_ms, 2)
+        if len(upcoming) < 2:
+            return None
+        return upcoming[1] + self.jitter_offset_ms + self.misfire_grace_ms
