@@ -1,7 +1,7 @@
 """next_fire_times under Vixie cron's DST rules, cross-checked against cronsim.
 
-cronsim implements Debian cron's semantics independently of croniter (which warmupd uses only to walk
-the naive calendar), so agreement over real zones and real transition days pins the rules of SPEC §4.
+cronsim implements Debian cron's semantics independently of croniter (which warmupd uses only to
+walk the naive calendar), so agreement over real zones and transition days pins SPEC §4.
 """
 
 from __future__ import annotations
@@ -249,7 +249,7 @@ def test_invalid_expressions_name_the_reason(expr: str, reason: str) -> None:
 
 
 def test_spec_example_message() -> None:
-    with pytest.raises(ValueError) as caught:
+    with pytest.raises(ValueError, match="hour") as caught:
         validate_schedule("0 25 * * *")
     assert str(caught.value) == "invalid cron expression '0 25 * * *' (hour must be 0-23)"
 

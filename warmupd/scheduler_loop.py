@@ -183,8 +183,8 @@ class Scheduler:
             cursor = last
         elif upcoming is not None:
             cursor = upcoming - 1  # saved before it ever fired: that first slot is still owed
-        else:
-            cursor = now_ms  # a job never seen before owes nothing from the past
+        else:  # a job never seen before owes nothing from before it was added
+            cursor = now_ms if state.not_before_ms is None else state.not_before_ms
         if state.not_before_ms is not None:
             cursor = max(cursor, state.not_before_ms)
         state.cursor_ms, state.last_ms, state.next_known = cursor, last, False
