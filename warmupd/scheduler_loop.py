@@ -1,0 +1,410 @@
+"""The scheduler: turns job schedules into claimed :class:`~warmupd.models.Fire` objects.
+
+A *slot* is a nominal fire instant of a job's calendar; a fire's identity is ``(job, due_ms)`` with
+``due_ms`` the slot, so every process that shares the lock backend names a fire the same way even if
+their jitter settings differ. A slot runs at ``slot + jitter``.
+
+Per job the scheduler keeps a cursor: every slot at or before it is *accounted for* (handed over,
+claimed by another process, recorded as misfired, or deliberately not owed after a reload). A step
+looks at the slots after the cursor that are runnable now:
+
+- those whose run time is within the grace period coalesce into one fire for the latest of them
+  (trigger ``startup`` on the first step after start-up, ``schedule`` otherwise);
+- older ones become one :class:`Misfire` record.
+
+Each is claimed through the :class:`FireClaimer` first (SPEC §4: ``SET NX`` in Redis, a primary-key
+insert in SQLite), and only the claimer hands it over or records it. The cursor only moves forward,
+so a backward wall-clock jump never repeats a slot and a forward jump never skips one silently.
+The scheduler never runs job items: ``on_fire`` is expected to start work and return at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Protocol
+
+from warmupd.clock import Clock, ms_to_iso
+from warmupd.models import Fire, Trigger
+from warmupd.scheduler import JobSchedule, iter_fire_times, next_fire_times
+
+log = logging.getLogger("warmupd.scheduler")
+
+MAX_SLEEP_S = 60.0
+"""The loop never sleeps longer than this, so that a wall-clock jump is noticed within a minute."""
+RUNNING_GRACE_FLOOR_MS = 60_000
+"""While running, a fire late by less than this still runs whatever ``misfire_grace`` says: the
+loop's own wake-up latency must never turn a fire into a misfire."""
+COUNT_CAP = 1000
+"""Missed slots are counted up to this many (the count only feeds logs and metrics); the latest one
+is always found exactly, so a dense schedule after a long downtime cannot stall the event loop."""
+CLOCK_JUMP_TOLERANCE_MS = 2_000
+ERROR_BACKOFF_MAX_S = 10.0
+
+
+class ScheduleStateStore(Protocol):
+    """Where the per-job cursor survives restarts (the ``schedule_state`` table).
+
+    ``last_fire_ms`` is the latest accounted slot (``None`` until one is); ``next_fire_ms`` is the
+    next slot as of saving, informational except for a job that never fired, whose first slot is
+    still owed after a restart.
+    """
+
+    async def load(self, job: str) -> tuple[int | None, int | None]:
+        """``(last_fire_ms, next_fire_ms)`` of ``job``; ``(None, None)`` when never saved."""
+        ...
+
+    async def save(self, job: str, last_fire_ms: int | None, next_fire_ms: int | None) -> None:
+        """Persist both values for ``job`` (an upsert)."""
+        ...
+
+
+class FireClaimer(Protocol):
+    """Set-if-absent claims of fire identities, shared by every process on one lock backend."""
+
+    async def claim_fire(self, job: str, due_ms: int, ttl_ms: int) -> bool:
+        """Claim ``(job, due_ms)`` for ``ttl_ms``; ``True`` for exactly one caller in total."""
+        ...
+
+
+@dataclass(frozen=True, kw_only=True)
+class Misfire:
+    """Slots missed beyond their grace: recorded as one ``skipped`` run, reason ``misfired``."""
+
+    job: str
+    first_due_ms: int
+    last_due_ms: int
+    count: int
+    """How many slots were missed (at most :data:`COUNT_CAP`)."""
+
+
+OnFire = Callable[[Fire], Awaitable[None]]
+OnMisfire = Callable[[Misfire], Awaitable[None]]
+
+
+@dataclass
+class _JobState:
+    schedule: JobSchedule
+    cursor_ms: int | None = None
+    """Latest accounted slot; ``None`` until the persisted state is loaded."""
+    last_ms: int | None = None
+    """What is persisted as ``last_fire_ms``."""
+    catch_up: bool = True
+    """Whether the first step after loading handles misfires (start-up) or owes nothing older."""
+    not_before_ms: int | None = None
+    next_slot_ms: int | None = None
+    next_known: bool = False
+
+
+class Scheduler:
+    """Computes due fires, claims them, persists the cursor and hands claimed fires to ``on_fire``.
+
+    :param on_misfire: receives each :class:`Misfire` this process claimed (logged when omitted).
+    :param on_lateness: ``(job, seconds)`` for every fire handed over: ``now − (due + jitter)``.
+    :param on_claimed_elsewhere: a fire another process claimed first (for metrics).
+    """
+
+    def __init__(
+        self,
+        schedules: Iterable[JobSchedule],
+        *,
+        state: ScheduleStateStore,
+        claimer: FireClaimer,
+        clock: Clock,
+        on_fire: OnFire,
+        on_misfire: OnMisfire | None = None,
+        on_lateness: Callable[[str, float], None] | None = None,
+        on_claimed_elsewhere: Callable[[Fire], None] | None = None,
+    ) -> None:
+        self._jobs = {s.name: _JobState(s) for s in schedules}
+        self._state = state
+        self._claimer = claimer
+        self._clock = clock
+        self._on_fire = on_fire
+        self._on_misfire = on_misfire
+        self._on_lateness = on_lateness
+        self._on_claimed_elsewhere = on_claimed_elsewhere
+        self._tick_lock = asyncio.Lock()
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._started_ms: int | None = None
+        self._failed_jobs = 0
+
+    @property
+    def jobs(self) -> list[str]:
+        """Names of the scheduled jobs."""
+        return list(self._jobs)
+
+    def schedule(self, job: str) -> JobSchedule:
+        """The schedule in force for ``job``.
+
+        :raises KeyError: for an unknown job.
+        """
+        return self._jobs[job].schedule
+
+    async def start_up(self, now_ms: int) -> list[Fire]:
+        """Load every job's cursor and handle what was missed while the daemon was down.
+
+        Per job: the missed slots within ``misfire_grace`` of ``now_ms`` become one coalesced fire
+        with trigger ``startup``; older ones one :class:`Misfire`. Returns the fires handed over.
+        """
+        self._started_ms = now_ms
+        return await self.tick(now_ms)
+
+    async def tick(self, now_ms: int) -> list[Fire]:
+        """One step: claim, hand over and persist every fire due at ``now_ms``; return them.
+
+        A job whose store or claimer fails is logged and retried on the next tick; the others go on.
+        """
+        async with self._tick_lock:
+            if self._started_ms is None:
+                self._started_ms = now_ms
+            fires: list[Fire] = []
+            self._failed_jobs = 0
+            for state in list(self._jobs.values()):
+                try:
+                    fire = await self._step(state, now_ms)
+                # One job's broken backend must not stop the others; it is logged, not hidden.
+                except Exception:
+                    self._failed_jobs += 1
+                    log.exception("scheduler step failed", extra={"job": state.schedule.name})
+                    continue
+                if fire is not None:
+                    fires.append(fire)
+            return fires
+
+    async def _load(self, state: _JobState, now_ms: int) -> None:
+        name = state.schedule.name
+        last, upcoming = await self._state.load(name)
+        if last is not None:
+            cursor = last
+        elif upcoming is not None:
+            cursor = upcoming - 1  # saved before it ever fired: that first slot is still owed
+        else:  # a job never seen before owes nothing from before it was added
+            cursor = now_ms if state.not_before_ms is None else state.not_before_ms
+        if state.not_before_ms is not None:
+            cursor = max(cursor, state.not_before_ms)
+        state.cursor_ms, state.last_ms, state.next_known = cursor, last, False
+        await self._state.save(name, state.last_ms, self._next_slot(state))
+
+    def _next_slot(self, state: _JobState) -> int | None:
+        if not state.next_known and state.cursor_ms is not None:
+            s = state.schedule
+            upcoming = next_fire_times(s.expr, s.timezone, state.cursor_ms, 1)
+            state.next_slot_ms = upcoming[0] if upcoming else None
+            state.next_known = True
+        return state.next_slot_ms
+
+    def _advance(self, state: _JobState, slot_ms: int) -> None:
+        assert state.cursor_ms is not None
+        if slot_ms > state.cursor_ms:
+            state.cursor_ms = slot_ms
+            state.next_known = False
+        state.last_ms = state.cursor_ms
+
+    async def _step(self, state: _JobState, now_ms: int) -> Fire | None:
+        if state.cursor_ms is None:
+            await self._load(state, now_ms)
+        schedule = state.schedule  # a reload during the awaits below does not change this step
+        # Cleared only once a step succeeds, so a start-up step that failed is retried as one.
+        startup = state.catch_up
+        jitter = schedule.jitter_offset_ms
+        runnable = now_ms - jitter
+        upcoming = self._next_slot(state)
+        if upcoming is None or upcoming > runnable:
+            state.catch_up = False
+            return None
+        grace = schedule.misfire_grace_ms
+        if not startup:
+            grace = max(grace, RUNNING_GRACE_FLOOR_MS)
+        too_old = runnable - grace - 1  # a slot at or before this is later than grace allows
+        ttl = schedule.claim_ttl_ms
+        assert state.cursor_ms is not None
+        if too_old >= upcoming:
+            count, last = _scan(schedule, state.cursor_ms, too_old)
+            missed = Misfire(
+                job=schedule.name, first_due_ms=upcoming, last_due_ms=last, count=count
+            )
+            if await self._claimer.claim_fire(schedule.name, last, ttl):
+                await self._report_misfire(missed)
+            self._advance(state, last)
+        handed: Fire | None = None
+        if self._next_slot(state) is not None and state.cursor_ms < runnable:
+            count, last = _scan(schedule, state.cursor_ms, runnable)
+            if count:
+                trigger = Trigger.STARTUP if startup else Trigger.SCHEDULE
+                fire = Fire(job=schedule.name, due_ms=last, trigger=trigger, coalesced=count)
+                if await self._claimer.claim_fire(schedule.name, last, ttl):
+                    handed = fire
+                    await self._hand_over(fire, now_ms - (last + jitter))
+                elif self._on_claimed_elsewhere is not None:
+                    self._on_claimed_elsewhere(fire)
+                self._advance(state, last)
+        state.catch_up = False
+        await self._state.save(schedule.name, state.last_ms, self._next_slot(state))
+        return handed
+
+    async def _hand_over(self, fire: Fire, lateness_ms: int) -> None:
+        log.info(
+            "fire",
+            extra={
+                "job": fire.job,
+                "due": ms_to_iso(fire.due_ms),
+                "trigger": str(fire.trigger),
+                "coalesced": fire.coalesced,
+                "lateness_ms": lateness_ms,
+            },
+        )
+        if self._on_lateness is not None:
+            self._on_lateness(fire.job, lateness_ms / 1000)
+        try:
+            await self._on_fire(fire)
+        # The fire is claimed, so no other process will run it; a runner bug must not kill the
+        # scheduler loop, and the traceback is logged.
+        except Exception:
+            log.exception("on_fire failed", extra={"job": fire.job, "due": ms_to_iso(fire.due_ms)})
+
+    async def _report_misfire(self, missed: Misfire) -> None:
+        log.warning(
+            "misfired",
+            extra={
+                "job": missed.job,
+                "first_due": ms_to_iso(missed.first_due_ms),
+                "last_due": ms_to_iso(missed.last_due_ms),
+                "count": missed.count,
+            },
+        )
+        if self._on_misfire is not None:
+            await self._on_misfire(missed)
+
+    def reload(self, schedules: Iterable[JobSchedule]) -> None:
+        """Replace the schedules between ticks; a fire already handed over is unaffected.
+
+        A job whose timing changed (expression, zone or jitter) owes no slot of its new calendar
+        that was runnable before the reload; a new job owes nothing older than the reload.
+        """
+        now_ms = self._clock.wall_ms()
+        wanted = {s.name: s for s in schedules}
+        for name in [n for n in self._jobs if n not in wanted]:
+            del self._jobs[name]
+        for name, schedule in wanted.items():
+            state = self._jobs.get(name)
+            if state is None:
+                self._jobs[name] = _JobState(schedule, catch_up=False, not_before_ms=now_ms)
+                continue
+            old, state.schedule = state.schedule, schedule
+            timing = (schedule.expr, schedule.timezone, schedule.jitter_offset_ms)
+            if timing != (old.expr, old.timezone, old.jitter_offset_ms):
+                floor = now_ms - schedule.jitter_offset_ms
+                if state.cursor_ms is None:
+                    state.not_before_ms = floor
+                else:
+                    self._advance(state, floor)
+                state.next_known = False
+        self._wake.set()
+
+    def next_run_ms(self, job: str) -> int | None:
+        """When ``job`` runs next (slot + jitter), ``None`` if never again or not yet loaded.
+
+        :raises KeyError: for an unknown job.
+        """
+        state = self._jobs[job]
+        slot = self._next_slot(state)
+        return None if slot is None else slot + state.schedule.jitter_offset_ms
+
+    def is_overdue(self, job: str, last_success_ms: int | None, now_ms: int) -> bool:
+        """Whether ``job`` is overdue (SPEC §4); with no success yet, judged from start-up.
+
+        :raises KeyError: for an unknown job.
+        """
+        reference = last_success_ms if last_success_ms is not None else self._started_ms
+        if reference is None:
+            return False
+        due = self._jobs[job].schedule.overdue_at_ms(reference)
+        return due is not None and now_ms > due
+
+    def _sleep_s(self, now_ms: int) -> float:
+        runs = [r for r in (self.next_run_ms(j) for j in self._jobs) if r is not None]
+        if not runs:
+            return MAX_SLEEP_S
+        return min(MAX_SLEEP_S, max(0.0, (min(runs) - now_ms) / 1000))
+
+    async def run(self) -> None:
+        """Start up, then tick at every due time until :meth:`stop`.
+
+        Sleeps until the next run time but never more than :data:`MAX_SLEEP_S` at once and wakes
+        early on :meth:`reload`; correctness never depends on the sleep (the cursor does that),
+        the cap only bounds how late a wall-clock jump is noticed.
+        """
+        if self._started_ms is None:
+            await self.start_up(self._clock.wall_ms())
+        backoff_s = 1.0
+        while not self._stopping:
+            wall_ms, mono_s = self._clock.wall_ms(), self._clock.monotonic()
+            delay_s = self._sleep_s(wall_ms)
+            if self._failed_jobs:
+                # A failing job stays due; without a pause the loop would spin on it.
+                delay_s, backoff_s = (
+                    max(delay_s, backoff_s),
+                    min(backoff_s * 2, ERROR_BACKOFF_MAX_S),
+                )
+            else:
+                backoff_s = 1.0
+            await self._interruptible_sleep(min(delay_s, MAX_SLEEP_S))
+            if self._stopping:
+                break
+            now_ms = self._clock.wall_ms()
+            drift_ms = (now_ms - wall_ms) - (self._clock.monotonic() - mono_s) * 1000
+            if abs(drift_ms) > CLOCK_JUMP_TOLERANCE_MS:
+                log.warning("wall clock jumped", extra={"jump_ms": round(drift_ms)})
+            await self.tick(now_ms)
+
+    async def _interruptible_sleep(self, seconds: float) -> None:
+        sleeper = asyncio.ensure_future(self._clock.sleep(seconds))
+        waker = asyncio.ensure_future(self._wake.wait())
+        try:
+            await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (sleeper, waker):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            self._wake.clear()
+
+    def stop(self) -> None:
+        """Make :meth:`run` return after its current step."""
+        self._stopping = True
+        self._wake.set()
+
+
+def _scan(schedule: JobSchedule, after_ms: int, until_ms: int) -> tuple[int, int]:
+    """``(count, latest)`` of the slots in ``(after_ms, until_ms]`` (count capped; ``latest`` 0 when
+    there are none)."""
+    count, latest = 0, 0
+    for slot in iter_fire_times(schedule.expr, schedule.timezone, after_ms):
+        if slot > until_ms:
+            return count, latest
+        count, latest = count + 1, slot
+        if count == COUNT_CAP:
+            return count, _latest_slot(schedule, slot, until_ms)
+    return count, latest
+
+
+def _latest_slot(schedule: JobSchedule, known_ms: int, until_ms: int) -> int:
+    """The latest slot at or before ``until_ms``, given a slot ``known_ms`` at or before it.
+
+    Bisects on "the first slot after t is at or before until_ms" (true below the answer, false at
+    it): about 40 calendar look-ups for any span, instead of walking every slot.
+    """
+    below, above = known_ms - 1, until_ms
+    while above - below > 1:
+        middle = (below + above) // 2
+        first = next_fire_times(schedule.expr, schedule.timezone, middle, 1)
+        if first and first[0] <= until_ms:
+            below = middle
+        else:
+            above = middle
+    return below + 1
