@@ -5,7 +5,10 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import struct
 import subprocess
+import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -134,3 +137,108 @@ def test_unit_carries_the_spec_settings() -> None:
         assert d[key] == ["yes"], key
     assert d["ProtectSystem"] == ["strict"]
     assert d["UMask"] == ["0077"]
+
+
+# MemoryDenyWriteExecute=yes holds only if nothing in the process needs writable+executable memory.
+# The kernel's PR_SET_MDWE (Linux >= 6.3) enforces the same rule on one process tree, so the child
+# below runs warmupd's heavy imports, a forecast fit and a forkserver pool under it.
+_MDWE_CHILD = """
+import ctypes, mmap, sys
+libc = ctypes.CDLL(None, use_errno=True)
+if libc.prctl(65, 1, 0, 0, 0) != 0:  # PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN
+    sys.exit(77)
+try:
+    mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
+    sys.exit("W|X mapping was allowed: MDWE not in force")
+except OSError:
+    pass
+import concurrent.futures, multiprocessing, sqlite3, ssl
+import numpy as np, pandas as pd, aiohttp, aiosqlite, redis, croniter
+from statsmodels.tsa.exponential_smoothing.ets import ETSModel
+
+def fit(n):
+    y = pd.Series(50 + 10 * np.sin(np.arange(n) * 2 * np.pi / 7) + np.arange(n) % 5)
+    res = ETSModel(y, error="add", trend="add", damped_trend=True, seasonal="add",
+                   seasonal_periods=7).fit(disp=False)
+    return float(res.forecast(30).iloc[-1])
+
+if __name__ == "__main__":
+    ctx = multiprocessing.get_context("forkserver")
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=ctx) as pool:
+        print(fit(60), pool.submit(fit, 90).result())
+"""
+
+
+@pytest.mark.slow
+def test_runtime_needs_no_writable_executable_memory(tmp_path: Path) -> None:
+    script = tmp_path / "mdwe_child.py"
+    script.write_text(_MDWE_CHILD)
+    proc = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=90, cwd=tmp_path
+    )
+    if proc.returncode == 77:
+        pytest.skip("kernel without PR_SET_MDWE (Linux < 6.3)")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert len(proc.stdout.split()) == 2
+
+
+def _elf_problems(path: Path) -> list[str]:
+    """Executable-stack or text-relocation markers in a 64-bit little-endian ELF file.
+
+    Either makes the loader call mprotect(PROT_EXEC) on writable memory, which systemd's
+    MemoryDenyWriteExecute= refuses (it is stricter than PR_SET_MDWE here).
+    """
+    data = path.read_bytes()
+    if data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
+        return []
+    problems: list[str] = []
+    phoff = struct.unpack_from("<Q", data, 0x20)[0]
+    phentsize, phnum = struct.unpack_from("<HH", data, 0x36)
+    for i in range(phnum):
+        off = phoff + i * phentsize
+        p_type, p_flags = struct.unpack_from("<II", data, off)
+        if p_type == 0x6474E551 and p_flags & 1:  # PT_GNU_STACK with PF_X
+            problems.append("executable stack")
+        if p_type == 2:  # PT_DYNAMIC
+            d_off, d_size = (
+                struct.unpack_from("<Q", data, off + 8)[0],
+                struct.unpack_from("<Q", data, off + 32)[0],
+            )
+            for j in range(0, d_size, 16):
+                tag, val = struct.unpack_from("<qQ", data, d_off + j)
+                if tag == 0:
+                    break
+                if tag == 22 or (tag == 30 and val & 4):  # DT_TEXTREL, DF_TEXTREL
+                    problems.append("text relocations")
+    return problems
+
+
+def test_no_shared_library_needs_an_executable_stack_or_text_relocations() -> None:
+    roots = {Path(p) for p in (sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"])}
+    roots.add(Path(sysconfig.get_paths()["stdlib"]) / "lib-dynload")
+    found = {}
+    scanned = 0
+    for root in roots:
+        for lib in root.rglob("*.so*"):
+            if lib.is_file():
+                scanned += 1
+                if problems := _elf_problems(lib):
+                    found[str(lib)] = problems
+    assert scanned > 50  # numpy, pandas, statsmodels, aiohttp ... were really scanned
+    assert found == {}
+
+
+def test_elf_scan_detects_an_executable_stack(tmp_path: Path) -> None:
+    # Proves the scan above can fail: mark a copy of a real library's stack executable.
+    lib = next((Path(sysconfig.get_paths()["stdlib"]) / "lib-dynload").glob("_json*.so"))
+    data = bytearray(lib.read_bytes())
+    assert _elf_problems(lib) == []
+    phoff = struct.unpack_from("<Q", data, 0x20)[0]
+    phentsize, phnum = struct.unpack_from("<HH", data, 0x36)
+    for i in range(phnum):
+        off = phoff + i * phentsize
+        if struct.unpack_from("<I", data, off)[0] == 0x6474E551:
+            struct.pack_into("<I", data, off + 4, struct.unpack_from("<I", data, off + 4)[0] | 1)
+    patched = tmp_path / lib.name
+    patched.write_bytes(bytes(data))
+    assert _elf_problems(patched) == ["executable stack"]
