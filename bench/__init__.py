@@ -1,0 +1,1 @@
+"""Benchmarks behind docs/BENCHMARKS.md; each module runs with ``python -m bench.NAME``."""

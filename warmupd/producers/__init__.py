@@ -1,0 +1,1 @@
+"""Producers: the compute behind each cache entry (forecasts, insights); no I/O to the store."""
