@@ -499,3 +499,20 @@ async def test_async_context_manager_closes_the_session(
         session = client._session
         assert session is not None
     assert session.closed
+
+
+async def test_analysis_runs_through_the_facts_runner(
+    llm: tuple[FakeLLM, str], client_factory: Factory
+) -> None:
+    fake, url = llm
+    fake.replies = [Reply(body=chat(json.dumps(model_json())))]
+    calls: list[str] = []
+
+    async def runner(fn: Callable[[Comparison], dict[str, Any]], c: Comparison) -> dict[str, Any]:
+        calls.append(fn.__name__)
+        return await asyncio.to_thread(fn, c)
+
+    client, _ = client_factory(url, facts_runner=runner)
+    pack = await client.insights(COMP, now_ms=NOW)
+    assert calls == ["analyse"]
+    assert [p["peakId"] for p in pack["peakExplanations"]] == PEAK_IDS
