@@ -322,3 +322,26 @@ def test_prepared_k_is_bounded_by_half_the_series() -> None:
         step="D",
     )
     assert p.k == 1
+
+
+def test_monthly_data_yearly_cycle_and_month_dates() -> None:
+    n = 60
+    t = np.arange(n)
+    a = 50 + 20 * np.cos(2 * np.pi * (t - 11) / 12)  # highest every December
+    b = np.full(n, 20.0)
+    b[30] = 60  # a one-month spike
+    d0 = date(2020, 1, 1)
+    series = tuple(
+        {"date": date(d0.year + i // 12, i % 12 + 1, 1).isoformat(), A: float(a[i]), B: float(b[i])}
+        for i in range(n)
+    )
+    comp = Comparison(slug="s", term_a=A, term_b=B, timeframe="all", series=series)
+    facts = compute_facts(comp)
+    assert facts["comparison"]["granularity"] == "monthly"
+    assert facts["terms"]["termA"]["seasonality"]["kind"] == "annual"
+    assert facts["terms"]["termA"]["seasonality"]["peakMonth"] == "December"
+    assert peak_dates(facts, "termB") == ["2022-07-01"]
+    pack = builtin_insights(comp, now_ms=NOW, prompt_version="1")
+    assert any("highest around December" in k for k in pack["meaningExplanation"]["keyDifferences"])
+    (peak,) = pack["peakExplanations"]
+    assert peak["text"].startswith(f"{B} hit 60/100 in Jul 2022, ")

@@ -100,6 +100,9 @@ class FakeLLM:
         self.replies: list[Reply] = []
         self.requests: list[dict[str, Any]] = []
         self.release = asyncio.Event()
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.latency_s = 0.0
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         self.requests.append(
@@ -111,8 +114,15 @@ class FakeLLM:
             }
         )
         reply = self.replies.pop(0) if len(self.replies) > 1 else self.replies[0]
-        if reply.hang:
-            await self.release.wait()
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            if reply.hang:
+                await self.release.wait()
+            elif self.latency_s:
+                await asyncio.sleep(self.latency_s)
+        finally:
+            self.in_flight -= 1
         body = reply.body if isinstance(reply.body, str) else json.dumps(reply.body)
         return web.Response(
             status=reply.status, text=body, content_type="application/json", headers=reply.headers
@@ -516,3 +526,16 @@ async def test_analysis_runs_through_the_facts_runner(
     pack = await client.insights(COMP, now_ms=NOW)
     assert calls == ["analyse"]
     assert [p["peakId"] for p in pack["peakExplanations"]] == PEAK_IDS
+
+
+async def test_requests_in_flight_are_bounded_by_concurrency(
+    llm: tuple[FakeLLM, str], client_factory: Factory
+) -> None:
+    fake, url = llm
+    fake.replies = [Reply(body=chat(json.dumps(model_json())))]
+    fake.latency_s = 0.03  # long enough for every call to be waiting at once
+    client, _ = client_factory(url, concurrency=2)
+    packs = await asyncio.gather(*(client.insights(COMP, now_ms=NOW) for _ in range(6)))
+    assert len(fake.requests) == 6
+    assert fake.max_in_flight == 2
+    assert len({p["aiInsightsHash"] for p in packs}) == 1
