@@ -399,8 +399,9 @@ async def test_unusable_output_fails_the_item_without_retrying(
         lambda j: f"```json\n{j}\n```",
         lambda j: f"<think>The user wants {{json}}; plan: {{a}} then {{b}}.</think>\n{j}",
         lambda j: [{"type": "text", "text": f"Here you go:\n```\n{j}\n```\nDone."}],
+        lambda j: f"Format {{as asked}} with {{}} braces: {j} (end)",
     ],
-    ids=["fenced", "think", "content-parts"],
+    ids=["fenced", "think", "content-parts", "stray-braces"],
 )
 async def test_wrapped_content_is_parsed(
     llm: tuple[FakeLLM, str], client_factory: Factory, wrap: Callable[[str], Any]

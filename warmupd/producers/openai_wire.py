@@ -158,16 +158,31 @@ def parse_model_json(content: str) -> dict[str, Any]:
     :raises ProducerError: when there is no parseable JSON object.
     """
     cleaned = _FENCE.sub("", _THINK.sub("", content))
-    candidate = first_json_object(cleaned)
-    if candidate is None:
-        raise _fail(f"no JSON object in the reply: {content[:MAX_MESSAGE_CHARS]!r}")
-    try:
-        obj = json.loads(candidate)
-    except ValueError as exc:
-        raise _fail(f"invalid JSON ({exc})") from exc
-    if not isinstance(obj, dict):
-        raise _fail("the reply is not a JSON object")
-    return obj
+    error: ValueError | None = None
+    first: dict[str, Any] | None = None
+    pos = 0
+    # Prose before the object may hold a stray "{…}" ("use {curly} or {} JSON"): try each balanced
+    # candidate in order; the first object with our top-level key wins, else the first object.
+    while (start := cleaned.find("{", pos)) != -1:
+        candidate = first_json_object(cleaned[start:])
+        if candidate is None:
+            break
+        try:
+            obj = json.loads(candidate)
+        except ValueError as exc:
+            error = error or exc
+        else:
+            if isinstance(obj, dict):
+                if "meaningExplanation" in obj:
+                    return obj
+                if first is None:
+                    first = obj
+        pos = start + 1
+    if first is not None:
+        return first
+    if error is not None:
+        raise _fail(f"invalid JSON ({error})")
+    raise _fail(f"no JSON object in the reply: {content[:MAX_MESSAGE_CHARS]!r}")
 
 
 def _text(value: Any, path: str, limit: int) -> str:
