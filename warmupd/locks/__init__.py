@@ -192,6 +192,13 @@ class Locks(abc.ABC):
         :raises ValueError: for an invalid job name or a ``ttl_ms`` below 1.
         """
 
+    def fence_key(self, lease: Lease) -> str:
+        """The lineage of ``lease.fence`` for fenced writes (``CacheStore.put(fence_key=...)``).
+
+        Fences are comparable only within one lineage: one lock key on one counter.
+        """
+        return f"{self.name}:{lease.key}"
+
     async def close(self) -> None:
         """Release resources this object created (connections, background releases).
 
@@ -233,6 +240,7 @@ class LeaseHandle:
         self._lease_s = lease.lease_ms / 1000
         self._margin_s = lease_margin_ms(lease.lease_ms) / 1000
         self.deadline = started_monotonic + self._lease_s - self._margin_s
+        self.started_monotonic = started_monotonic
 
     def _renewed(self, started_monotonic: float) -> None:
         # The backend's new expiry is counted from when it received the renew, which is after
@@ -282,7 +290,8 @@ async def _renew_loop(locks: Locks, handle: LeaseHandle, clock: Clock) -> None:
     interval_s = lease.lease_ms / 3000
     # After a failed renewal, retry sooner than lease/3 so a short blip does not use up the lease.
     retry_s = max(0.01, min(interval_s / 4, 1.0))
-    next_at = clock.monotonic() + interval_s
+    # Anchored to the acquire, not to when this task first runs, so a late start cannot delay it.
+    next_at = handle.started_monotonic + interval_s
     while not handle.lost.is_set():
         now = clock.monotonic()
         if now >= handle.deadline:

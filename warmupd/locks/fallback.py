@@ -88,6 +88,10 @@ class FallbackLocks(Locks):
     def _part(self, lease: Lease, backend: str) -> Lease:
         return replace(lease, backend=backend)
 
+    def fence_key(self, lease: Lease) -> str:
+        """See :meth:`Locks.fence_key`: always the SQLite lineage, in both modes."""
+        return f"{self._sqlite.name}:{lease.key}"
+
     async def _acquire(self, key: str, lease_ms: int) -> AcquireResult:
         token = secrets.token_hex(16)
         local = await self._sqlite._acquire_token(key, lease_ms, token)

@@ -4,7 +4,8 @@ Details of the :class:`~warmupd.locks.Locks` contract here:
 
 - **Keys.** Lock ``name`` lives in ``{prefix}{name}:lock`` (value: the owner token, ``PX``
   lease) and its fence in ``{prefix}{name}:fence`` (an ``INCR`` counter with no TTL); the braces
-  are a Redis Cluster hash tag so both land in one slot. A fire claim is ``{prefix}{job}:fire:{due_ms}``.
+  are a Redis Cluster hash tag so both land in one slot. A fire claim is
+  ``{prefix}{job}:fire:{due_ms}``.
 - **Scripts.** Acquire, renew, release and claim are Lua scripts (atomic on the server). Acquire and
   claim are idempotent for their own token, so redis-py's retry after a lost reply answers "acquired
   (same fence)" / "claimed", never "held". A release retried after a lost reply answers False.
@@ -130,7 +131,7 @@ class RedisLocks(Locks):
         """The Redis key of lock ``key``."""
         return f"{self._prefix}{{{key}}}:lock"
 
-    def fence_key(self, key: str) -> str:
+    def fence_counter_key(self, key: str) -> str:
         """The Redis key of lock ``key``'s fence counter."""
         return f"{self._prefix}{{{key}}}:fence"
 
@@ -145,7 +146,7 @@ class RedisLocks(Locks):
         """Acquire with a caller-chosen token (``FallbackLocks`` uses one token in both)."""
         try:
             fence = await self._acquire_script(
-                keys=[self.lock_key(key), self.fence_key(key)], args=[token, lease_ms]
+                keys=[self.lock_key(key), self.fence_counter_key(key)], args=[token, lease_ms]
             )
         except asyncio.CancelledError:
             # The script may have run with the reply lost to the cancellation.
