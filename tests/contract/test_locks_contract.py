@@ -12,7 +12,7 @@ from tests.contract.conftest import Harness
 from tests.lock_support import wait_for_condition
 from warmupd.db import Database
 from warmupd.errors import LockedElsewhere, LockLost, ServiceUnavailable
-from warmupd.locks import Locks, hold, lease_margin_ms, renewing
+from warmupd.locks import Locks, drain_background, hold, lease_margin_ms, renewing
 from warmupd.models import Acquired, AcquireResult, Held, Lease, Unavailable
 
 LEASE_MS = 3_000
@@ -297,3 +297,21 @@ async def test_renewing_an_acquired_lease(backend: Harness) -> None:
         await wait_for_condition(lambda: handle.renewals == 1)
         assert handle.remaining_s() > 0
     lease_of(await backend.b.acquire(KEY, LEASE_MS))
+
+
+async def test_cancelled_acquire_leaves_no_orphan_lock(backend: Harness) -> None:
+    for delay_rounds in range(6):
+        task = asyncio.create_task(backend.a.acquire(KEY, LEASE_MS))
+        for _ in range(delay_rounds):  # cancel at different points of the request
+            await asyncio.sleep(0)
+        task.cancel()
+        try:
+            result = await task
+        except asyncio.CancelledError:
+            pass
+        else:
+            await backend.a.release(lease_of(result))
+        await drain_background()
+        # Whether or not the request reached the backend, nobody is left holding the lock.
+        taken = lease_of(await backend.b.acquire(KEY, LEASE_MS))
+        assert await backend.b.release(taken) is True
