@@ -1,0 +1,177 @@
+"""Redis locks with a SQLite safety net, per ``redis.on_unavailable`` (SPEC §5, notes §10 option B).
+
+Design — **SQLite first, then Redis, with one token and the SQLite fence**:
+
+- Every acquisition first takes the SQLite lock of the key (this host's processes), then the Redis
+  lock (every host) with the same owner token. Held in SQLite → ``Held`` without asking Redis. Held
+  in Redis → the SQLite lock is released and the answer is ``Held``. Redis unavailable → policy
+  ``sqlite`` keeps the SQLite lock and returns it (``lease.backend == "sqlite"``, daemon degraded);
+  policy ``skip`` releases it and returns ``Unavailable("redis_unavailable")``.
+- Why not "Redis first, SQLite only when Redis is down": during a partial outage (one process
+  times out, another does not) one process would hold the Redis lock and another the SQLite lock of
+  the same key on the same host, and both would run. Taking SQLite first makes same-host exclusion
+  hold whether Redis is up, down or flapping; Redis adds cross-host exclusion whenever it answers.
+  On several hosts, the degraded mode at worst duplicates work into each host's own cache.
+- The lease's fence is always the SQLite fence. The cache that fences check lives in this host's
+  SQLite file, and the SQLite counter is the one counter every acquisition on this host goes
+  through in both modes (and without Redis at all), so switching between Redis and degraded mode —
+  or Redis restarting empty and resetting its counters — never makes a fence go back.
+- ``lease.backend`` names what guards the lease: ``redis`` (SQLite + Redis) or ``sqlite`` (SQLite
+  only). Renew and release act on exactly those backends; a ``redis`` lease needs Redis to renew, so
+  Redis going away mid-hold ends the hold at its local deadline (notes §10).
+- Fire claims are SQLite first, then Redis. With Redis unavailable the SQLite claim alone decides
+  (under either policy: the claimer then meets the policy at the job lock, so a ``skip`` fire is
+  recorded once per host instead of once per process).
+- ``redis_up`` follows every Redis answer (and :meth:`FallbackLocks.ping`); new locks go back to
+  Redis as soon as it answers again — each acquire asks it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from dataclasses import replace
+
+from warmupd.errors import ServiceUnavailable
+from warmupd.locks import AcquireObserver, Locks, spawn_background
+from warmupd.locks.redis import RedisLocks
+from warmupd.locks.sqlite import SqliteLocks
+from warmupd.models import Acquired, AcquireResult, Held, Lease, Unavailable
+
+log = logging.getLogger("warmupd.locks.fallback")
+
+POLICIES = ("sqlite", "skip")
+
+
+class FallbackLocks(Locks):
+    """SQLite + Redis locks with a policy for Redis outages (see the module docstring).
+
+    :param redis: the Redis backend; :param sqlite: the SQLite backend (neither is closed by
+        :meth:`close`: whoever created them closes them).
+    :param policy: ``sqlite`` (fall back to SQLite-only leases, degraded) or ``skip``.
+    :raises ValueError: for an unknown policy.
+    """
+
+    def __init__(
+        self,
+        redis: RedisLocks,
+        sqlite: SqliteLocks,
+        policy: str,
+        *,
+        on_acquire: AcquireObserver | None = None,
+    ) -> None:
+        if policy not in POLICIES:
+            raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
+        super().__init__(on_acquire=on_acquire)
+        self._redis = redis
+        self._sqlite = sqlite
+        self.policy = policy
+        self.redis_up = True
+        """Whether Redis answered the last request (``warmupd_redis_up``)."""
+
+    @property
+    def degraded(self) -> bool:
+        """Whether the daemon runs without Redis right now (status ``degraded``)."""
+        return not self.redis_up
+
+    @property
+    def backend(self) -> str:
+        """Where new locks go now: ``redis``, or ``sqlite`` while degraded under policy sqlite."""
+        return "sqlite" if self.degraded and self.policy == "sqlite" else "redis"
+
+    def _mark(self, up: bool) -> None:
+        if up != self.redis_up:
+            log.warning("redis_%s policy=%s", "up" if up else "down", self.policy)
+        self.redis_up = up
+
+    def _part(self, lease: Lease, backend: str) -> Lease:
+        return replace(lease, backend=backend)
+
+    def fence_key(self, lease: Lease) -> str:
+        """See :meth:`Locks.fence_key`: always the SQLite lineage, in both modes."""
+        return f"{self._sqlite.name}:{lease.key}"
+
+    async def _acquire(self, key: str, lease_ms: int) -> AcquireResult:
+        token = secrets.token_hex(16)
+        local = await self._sqlite._acquire_token(key, lease_ms, token)
+        if not isinstance(local, Acquired):
+            return local
+        try:
+            remote = await self._redis._acquire_token(key, lease_ms, token)
+        except asyncio.CancelledError:
+            # RedisLocks already cleans up its own side; the SQLite side is ours to free.
+            spawn_background(self._sqlite._release_token(key, token))
+            raise
+        if isinstance(remote, Acquired):
+            self._mark(True)
+            return Acquired(self._part(local.lease, "redis"))
+        if isinstance(remote, Held):
+            self._mark(True)
+            await self._release_local(local.lease)
+            return remote
+        self._mark(False)
+        if self.policy == "sqlite":
+            log.warning("lock_degraded key=%s reason=%s", key, remote.reason)
+            return local
+        await self._release_local(local.lease)
+        return Unavailable("redis_unavailable")
+
+    async def _release_local(self, lease: Lease) -> None:
+        try:
+            await self._sqlite.release(lease)
+        except ServiceUnavailable as exc:
+            log.warning("lock_release_failed key=%s error=%s", lease.key, type(exc).__name__)
+
+    async def renew(self, lease: Lease) -> bool:
+        """See :meth:`Locks.renew`; a ``redis`` lease renews in both backends."""
+        if not await self._sqlite.renew(self._part(lease, "sqlite")):
+            return False
+        if lease.backend != "redis":
+            return True
+        try:
+            ok = await self._redis.renew(lease)
+        except ServiceUnavailable:
+            self._mark(False)
+            raise
+        self._mark(True)
+        return ok
+
+    async def release(self, lease: Lease) -> bool:
+        """See :meth:`Locks.release`; both sides are attempted, Redis first.
+
+        Redis first so that a process on this host that wins the freed SQLite row does not meet a
+        Redis lock we are about to drop (which would only make it skip needlessly).
+        """
+        remote = True
+        error: ServiceUnavailable | None = None
+        if lease.backend == "redis":
+            try:
+                remote = await self._redis.release(lease)
+                self._mark(True)
+            except ServiceUnavailable as exc:
+                self._mark(False)
+                error = exc
+        local = await self._sqlite.release(self._part(lease, "sqlite"))
+        if error is not None:
+            raise error
+        return local and remote
+
+    async def claim_fire(self, job: str, due_ms: int, ttl_ms: int) -> bool:
+        """See :meth:`Locks.claim_fire` and the module docstring."""
+        if not await self._sqlite.claim_fire(job, due_ms, ttl_ms):
+            return False
+        try:
+            claimed = await self._redis.claim_fire(job, due_ms, ttl_ms)
+        except ServiceUnavailable:
+            self._mark(False)
+            log.warning("fire_claim_degraded job=%s due_ms=%s", job, due_ms)
+            return True
+        self._mark(True)
+        return claimed
+
+    async def ping(self) -> bool:
+        """Probe Redis and update :attr:`redis_up` (for a periodic health check)."""
+        up = await self._redis.ping()
+        self._mark(up)
+        return up
