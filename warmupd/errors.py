@@ -113,7 +113,7 @@ class Busy(WarmupdError):
     http_status = 429
     exit_code = 3
 
-    def __init__(self, message: str, retry_after_s: int = 5, run_id: str | None = None) -> None:
+    def __init__(self, message: str, retry_after_s: int = 5, run_id: int | None = None) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
         self.run_id = run_id

@@ -53,7 +53,12 @@ class JobsService(Protocol):
         ...
 
     async def trigger(
-        self, job: str, trigger: Trigger, *, limit: int | None = None, concurrency: int | None = None
+        self,
+        job: str,
+        trigger: Trigger,
+        *,
+        limit: int | None = None,
+        concurrency: int | None = None,
     ) -> RunHandle:
         """Start a run now (the lock is taken before this returns).
 

@@ -52,6 +52,17 @@ def _comparison(row: Row) -> Comparison:
     )
 
 
+@dataclass(frozen=True, kw_only=True)
+class ComparisonHead:
+    """What the read path needs of a comparison: no series."""
+
+    slug: str
+    term_a: str
+    term_b: str
+    data_hash: str
+    points: int
+
+
 class ComparisonStore:
     """The ``comparisons`` table."""
 
@@ -99,22 +110,33 @@ class ComparisonStore:
         )
         return _comparison(row) if row else None
 
-    async def current_hash(self, slug: str) -> tuple[str, int] | None:
-        """``(data_hash, points)`` of a comparison without loading its series."""
-        row = await self.db.fetchone(
-            "SELECT data_hash, points FROM comparisons WHERE slug = ?", (slug,)
-        )
-        return (row["data_hash"], row["points"]) if row else None
+    async def add_views(self, slug: str, count: int, at_ms: int) -> tuple[int, int] | None:
+        """Add ``count`` views and move ``last_visited`` forward to ``at_ms``.
 
-    async def add_views(self, slug: str, count: int, at_ms: int) -> bool:
-        """Add ``count`` views and move ``last_visited`` forward to ``at_ms``; False if unknown."""
-        changed = await self.db.execute(
+        :returns: ``(view_count, last_visited_ms)`` after the change, or None for an unknown slug.
+        """
+        row = await self.db.fetchone(
             """UPDATE comparisons SET view_count = view_count + ?,
                    last_visited = max(coalesce(last_visited, 0), ?)
-               WHERE slug = ?""",
+               WHERE slug = ? RETURNING view_count, last_visited""",
             (count, at_ms, slug),
         )
-        return changed > 0
+        return (row["view_count"], row["last_visited"]) if row else None
+
+    async def head(self, slug: str) -> ComparisonHead | None:
+        """A comparison's terms and current dataHash without its series (the read path's query)."""
+        row = await self.db.fetchone(
+            "SELECT term_a, term_b, data_hash, points FROM comparisons WHERE slug = ?", (slug,)
+        )
+        if row is None:
+            return None
+        return ComparisonHead(
+            slug=slug,
+            term_a=row["term_a"],
+            term_b=row["term_b"],
+            data_hash=row["data_hash"],
+            points=row["points"],
+        )
 
     async def count(self) -> int:
         """Number of comparisons."""

@@ -1,0 +1,42 @@
+"""The jobs layer: the registry of warmup jobs, the runner, on-demand warmups and cache reads."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from warmupd.config import Config
+from warmupd.jobs.base import Job
+from warmupd.jobs.forecasts import ForecastsJob
+from warmupd.jobs.housekeeping import HousekeepingJob, PurgeLocks
+from warmupd.jobs.insights import InsightsJob
+from warmupd.jobs.parts import Warmer
+from warmupd.runs import NodeStore, RunStore
+from warmupd.store import CacheStore, ComparisonStore, WarmupStore
+
+
+def build_jobs(
+    *,
+    config: Config,
+    comparisons: ComparisonStore,
+    cache: CacheStore,
+    runs: RunStore,
+    warmups: WarmupStore,
+    nodes: NodeStore,
+    warmer: Warmer,
+    purge_locks: PurgeLocks | None,
+) -> dict[str, Job[Any]]:
+    """The three scheduled jobs by name."""
+    jobs: list[Job[Any]] = [
+        ForecastsJob(comparisons, warmer),
+        InsightsJob(comparisons, warmer),
+        HousekeepingJob(
+            cache=cache,
+            runs=runs,
+            warmups=warmups,
+            nodes=nodes,
+            purge_locks=purge_locks,
+            stale_ttl_ms=config.cache.stale_ttl_ms,
+            node_stale_ms=max(3 * config.locks.lease_ms, 3_600_000),
+        ),
+    ]
+    return {job.name: job for job in jobs}

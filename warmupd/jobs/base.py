@@ -1,0 +1,103 @@
+"""What a job is to the runner: a selection and a per-item step (SPEC §6).
+
+A :class:`Job` never schedules, locks or records anything: the runner does all of that the same way
+for every job, so the three warmup jobs are just their selection query and their item step.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Generic, TypeVar
+
+from warmupd.config import JobConfig
+
+ItemT = TypeVar("ItemT")
+
+
+class ItemResult(StrEnum):
+    """How one item ended; the metric label of ``warmupd_job_items_total``."""
+
+    PROCESSED = "processed"
+    SKIPPED = "skipped"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class ItemOutcome:
+    """An item's result and, for skipped or failed items, why."""
+
+    result: ItemResult
+    reason: str | None = None
+
+    @classmethod
+    def processed(cls) -> ItemOutcome:
+        """The item was computed and written."""
+        return cls(ItemResult.PROCESSED)
+
+    @classmethod
+    def skipped(cls, reason: str) -> ItemOutcome:
+        """The item needed no work (``up_to_date``) or could not be worked on (``insufficient_data``)."""
+        return cls(ItemResult.SKIPPED, reason)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunSettings:
+    """The settings a run starts with; a reload during the run does not change them."""
+
+    limit: int
+    concurrency: int
+    item_timeout_ms: int
+    max_duration_ms: int
+    window_ms: int
+    min_views: int
+    run_retention_ms: int
+
+    @classmethod
+    def from_config(
+        cls, job: JobConfig, *, limit: int | None = None, concurrency: int | None = None
+    ) -> RunSettings:
+        """Settings from the job's config, with a trigger's overrides."""
+        return cls(
+            limit=limit or job.limit,
+            concurrency=concurrency or job.concurrency,
+            item_timeout_ms=job.item_timeout_ms,
+            max_duration_ms=job.max_duration_ms,
+            window_ms=job.window_ms,
+            min_views=job.min_views,
+            run_retention_ms=job.run_retention_ms,
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class Fencing:
+    """The writer's fencing token, passed with every cache write of a run."""
+
+    fence_key: str
+    fence: int
+
+
+class Job(abc.ABC, Generic[ItemT]):
+    """A warmup job: which items, and what to do with one."""
+
+    name: str
+    lock_key: str
+
+    @abc.abstractmethod
+    async def select(self, settings: RunSettings, now_ms: int) -> list[ItemT]:
+        """The items of this run, in processing order."""
+
+    @abc.abstractmethod
+    async def process(self, item: ItemT, fencing: Fencing, now_ms: int) -> ItemOutcome:
+        """Work on one item.
+
+        Raise :class:`~warmupd.errors.WarmupdError` (or any exception) to fail the item; the run goes on.
+        """
+
+    @abc.abstractmethod
+    def label(self, item: ItemT) -> str:
+        """How the item is named in the run's errors (``"slug: message"``)."""
+
+    def start_run(self) -> None:
+        """Called once before the first item of a run (e.g. to reset an AI breaker)."""

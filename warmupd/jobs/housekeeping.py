@@ -1,0 +1,81 @@
+"""``housekeeping``: purge expired cache entries, old runs, dead lock rows and old fire claims."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from warmupd.config import JOB_HOUSEKEEPING
+from warmupd.jobs.base import Fencing, ItemOutcome, Job, RunSettings
+from warmupd.runs import NodeStore, RunStore
+from warmupd.store import CacheStore, WarmupStore
+
+PurgeLocks = Callable[[int], Awaitable[object]]
+"""Deletes free or expired lock rows and expired fire claims without resetting any fence."""
+
+
+@dataclass(frozen=True)
+class Chore:
+    """One purge step; each is an item of the run so its failure is recorded and the rest go on."""
+
+    name: str
+    older_than_ms: int
+
+
+class HousekeepingJob(Job[Chore]):
+    """Each chore is one item; the counts end up in the log line of each step."""
+
+    name = JOB_HOUSEKEEPING
+    lock_key = "warmup:housekeeping:lock"
+
+    def __init__(
+        self,
+        *,
+        cache: CacheStore,
+        runs: RunStore,
+        warmups: WarmupStore,
+        nodes: NodeStore,
+        purge_locks: PurgeLocks | None,
+        stale_ttl_ms: int,
+        node_stale_ms: int,
+    ) -> None:
+        self.cache = cache
+        self.runs = runs
+        self.warmups = warmups
+        self.nodes = nodes
+        self.purge_locks = purge_locks
+        self.stale_ttl_ms = stale_ttl_ms
+        self.node_stale_ms = node_stale_ms
+        self.purged: dict[str, object] = {}
+
+    async def select(self, settings: RunSettings, now_ms: int) -> list[Chore]:
+        """The chores, each with its cut-off instant."""
+        chores = [
+            Chore("cache", now_ms),
+            Chore("runs", now_ms - settings.run_retention_ms),
+            Chore("warmups", now_ms - self.stale_ttl_ms),
+            Chore("nodes", now_ms - self.node_stale_ms),
+        ]
+        if self.purge_locks is not None:
+            chores.append(Chore("locks", now_ms))
+        return chores
+
+    async def process(self, item: Chore, fencing: Fencing, now_ms: int) -> ItemOutcome:
+        """Run one purge."""
+        if item.name == "cache":
+            result: object = await self.cache.purge_expired(item.older_than_ms)
+        elif item.name == "runs":
+            result = await self.runs.purge(item.older_than_ms)
+        elif item.name == "warmups":
+            result = await self.warmups.purge_before(item.older_than_ms)
+        elif item.name == "nodes":
+            result = await self.nodes.purge(item.older_than_ms)
+        else:
+            assert self.purge_locks is not None
+            result = await self.purge_locks(item.older_than_ms)
+        self.purged[item.name] = result
+        return ItemOutcome.processed()
+
+    def label(self, item: Chore) -> str:
+        """The chore's name."""
+        return item.name

@@ -1,0 +1,302 @@
+"""On-demand warmup of one comparison (``warmup-on-demand``, SPEC §6).
+
+The request path does no compute: it checks the comparison's current dataHash and its parts'
+freshness, then either answers ``ready`` or hands the work to a background task and answers
+``queued``/``running`` at once. Concurrent requests for one ``slug+dataHash`` share one task
+(single-flight inside the process); the lock ``warmup:on-demand:{slug}:{dataHash}`` makes it
+single-flight across processes. At most ``on_demand.concurrency`` warmups compute at once and at most
+``on_demand.max_queued`` wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from warmupd.clock import Clock
+from warmupd.config import JOB_ON_DEMAND, Config
+from warmupd.errors import NotFound, QueueFull, StaleDataHash, WarmupdError
+from warmupd.jobs.base import Fencing, ItemResult
+from warmupd.jobs.parts import PARTS, Warmer
+from warmupd.locks import Locks, renewing
+from warmupd.metrics import Metrics
+from warmupd.models import Acquired, Comparison, Held, RunStatus, Trigger, WarmupState
+from warmupd.runs import RunStore
+from warmupd.store import ComparisonStore, WarmupStore
+
+log = logging.getLogger("warmupd.ondemand")
+
+# Background tasks are anchored here: the loop keeps only weak references.
+_Key = tuple[str, str]
+
+
+@dataclass(eq=False)
+class _Flight:
+    slug: str
+    data_hash: str
+    state: WarmupState = WarmupState.QUEUED
+    task: asyncio.Task[None] | None = None
+
+
+class OnDemand:
+    """Fire-and-forget warmups with single-flight, a concurrency limit and a bounded queue."""
+
+    def __init__(
+        self,
+        *,
+        config: Callable[[], Config],
+        comparisons: ComparisonStore,
+        warmups: WarmupStore,
+        runs: RunStore,
+        warmer: Warmer,
+        locks: Locks,
+        clock: Clock,
+        node: str,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self._config = config
+        self.comparisons = comparisons
+        self.warmups = warmups
+        self.runs = runs
+        self.warmer = warmer
+        self.locks = locks
+        self.clock = clock
+        self.node = node
+        self.metrics = metrics
+        self._flights: dict[_Key, _Flight] = {}
+        self._slots = asyncio.Semaphore(config().on_demand.concurrency)
+        self._accepting = True
+        self.computations = 0
+        """How many warmups actually computed something (the single-flight benchmark reads it)."""
+
+    # ----------------------------------------------------------------- request path
+
+    def in_flight(self) -> int:
+        """Warmups computing now."""
+        return sum(1 for f in self._flights.values() if f.state is WarmupState.RUNNING)
+
+    def queued(self) -> int:
+        """Warmups waiting for a slot."""
+        return sum(1 for f in self._flights.values() if f.state is WarmupState.QUEUED)
+
+    def flight_state(self, slug: str, data_hash: str) -> WarmupState | None:
+        """The state of this process's warmup of ``slug`` at ``data_hash``, if one is in flight."""
+        flight = self._flights.get((slug, data_hash))
+        return flight.state if flight else None
+
+    async def request(self, slug: str, data_hash: str | None) -> dict[str, Any]:
+        """Answer at once: ``ready``, or the state of the (possibly shared) background warmup.
+
+        :raises NotFound: unknown slug.
+        :raises StaleDataHash: ``data_hash`` is given and is not the current one.
+        :raises QueueFull: ``on_demand.max_queued`` warmups are already waiting.
+        """
+        head = await self.comparisons.head(slug)
+        if head is None:
+            raise NotFound(f"unknown comparison {slug!r}")
+        current_hash = head.data_hash
+        if data_hash is not None and data_hash != current_hash:
+            self._count("stale_data_hash")
+            raise StaleDataHash(slug, data_hash, current_hash)
+        flight = self._flights.get((slug, current_hash))
+        if flight is None:
+            states = await self.warmer.states(slug, current_hash, self.clock.wall_ms())
+            if all(s.up_to_date for s in states.values()):
+                self._count("ready")
+                return self._answer(slug, current_hash, WarmupState.READY)
+            flight = self.schedule(slug, current_hash)
+        else:
+            self._count("joined")
+        return self._answer(slug, current_hash, flight.state)
+
+    def schedule(self, slug: str, data_hash: str) -> _Flight:
+        """Start (or join) the background warmup of ``slug`` at ``data_hash`` without any I/O.
+
+        :raises QueueFull: when ``on_demand.max_queued`` warmups are already waiting.
+        """
+        key = (slug, data_hash)
+        flight = self._flights.get(key)
+        if flight is not None:
+            return flight
+        if not self._accepting:
+            raise QueueFull("warmupd is shutting down", retry_after_s=30)
+        if self.queued() >= self._config().on_demand.max_queued:
+            self._count("queue_full")
+            raise QueueFull(
+                f"on-demand queue is full ({self._config().on_demand.max_queued} waiting)",
+                retry_after_s=5,
+            )
+        flight = self._flights[key] = _Flight(slug, data_hash)
+        flight.task = asyncio.create_task(self._run(flight), name=f"warmup:{slug}")
+        self._count("queued")
+        self._publish_depth()
+        return flight
+
+    def _answer(self, slug: str, data_hash: str, state: WarmupState) -> dict[str, Any]:
+        return {
+            "slug": slug,
+            "dataHash": data_hash,
+            "status": state.value,
+            "statusUrl": f"/api/comparison/{slug}/status",
+        }
+
+    def _count(self, result: str) -> None:
+        if self.metrics:
+            self.metrics.on_demand_requests.inc(result=result)
+
+    def _publish_depth(self) -> None:
+        if self.metrics:
+            self.metrics.on_demand_queue_depth.set(self.queued())
+
+    # ----------------------------------------------------------------- background
+
+    async def _run(self, flight: _Flight) -> None:
+        key = (flight.slug, flight.data_hash)
+        try:
+            await self.warmups.set(
+                flight.slug, flight.data_hash, WarmupState.QUEUED, self.clock.wall_ms()
+            )
+            async with self._slots:
+                flight.state = WarmupState.RUNNING
+                self._publish_depth()
+                await self._compute(flight)
+        except asyncio.CancelledError:
+            await asyncio.shield(
+                self.warmups.set(
+                    flight.slug,
+                    flight.data_hash,
+                    WarmupState.FAILED,
+                    self.clock.wall_ms(),
+                    error="cancelled (shutdown)",
+                )
+            )
+            raise
+        except Exception:
+            log.exception("ondemand.error slug=%s", flight.slug)
+        finally:
+            self._flights.pop(key, None)
+            self._publish_depth()
+
+    async def _compute(self, flight: _Flight) -> None:
+        cfg = self._config()
+        slug, data_hash = flight.slug, flight.data_hash
+        lock_key = f"warmup:on-demand:{slug}:{data_hash}"
+        started = self.clock.monotonic()
+        result = await self.locks.acquire(lock_key, cfg.locks.lease_ms)
+        now = self.clock.wall_ms()
+        if isinstance(result, Held):
+            # Another process is warming exactly this; it keeps the shared status row current.
+            await self.runs.record(
+                JOB_ON_DEMAND,
+                status=RunStatus.SKIPPED,
+                trigger=Trigger.ON_DEMAND,
+                node=self.node,
+                now_ms=now,
+                reason="locked_elsewhere",
+                metadata={"slug": slug, "dataHash": data_hash},
+            )
+            return
+        if not isinstance(result, Acquired):
+            await self.warmups.set(
+                slug, data_hash, WarmupState.FAILED, now, error="lock backend unavailable"
+            )
+            return
+        lease = result.lease
+        run_id = await self.runs.start(
+            JOB_ON_DEMAND,
+            Trigger.ON_DEMAND,
+            self.node,
+            now,
+            {
+                "slug": slug,
+                "dataHash": data_hash,
+                "lockBackend": lease.backend,
+                "fence": lease.fence,
+                "limit": 1,
+                "concurrency": 1,
+                "selected": 1,
+            },
+        )
+        await self.warmups.set(slug, data_hash, WarmupState.RUNNING, now, run_id=run_id)
+        status, reason, error = RunStatus.SUCCESS, None, None
+        counts = {"processed": 0, "skipped": 0, "failed": 0}
+        try:
+            async with renewing(self.locks, lease, self.clock, started_monotonic=started) as handle:
+                comparison = await self._current(slug, data_hash)
+                fencing = Fencing(fence_key=self.locks.fence_key(lease), fence=lease.fence)
+                task = asyncio.ensure_future(self.warmer.warm(comparison, list(PARTS), fencing))
+                lost = asyncio.ensure_future(handle.lost.wait())
+                try:
+                    done, _ = await asyncio.wait(
+                        {task, lost},
+                        timeout=cfg.on_demand.max_duration_ms / 1000,
+                        return_when=asyncio.FIRST_COMPLETED,
+                    )
+                finally:
+                    lost.cancel()
+                if task not in done:
+                    task.cancel()
+                    await asyncio.wait({task})
+                    status = RunStatus.FAILED if handle.is_lost else RunStatus.CANCELLED
+                    reason = error = "lock_lost" if handle.is_lost else "max_duration"
+                    counts["failed"] = 1
+                else:
+                    outcome = task.result()
+                    self.computations += outcome.result is ItemResult.PROCESSED
+                    counts[outcome.result.value] = 1
+        except Exception as exc:
+            if not isinstance(exc, WarmupdError):
+                log.exception("ondemand.error slug=%s", slug)
+            status, reason = RunStatus.FAILED, "error"
+            error = exc.message if isinstance(exc, WarmupdError) else f"{type(exc).__name__}: {exc}"
+            counts = {"processed": 0, "skipped": 0, "failed": 1}
+        finally:
+            now = self.clock.wall_ms()
+            record = await asyncio.shield(
+                self.runs.finish(
+                    run_id,
+                    status=status,
+                    now_ms=now,
+                    reason=reason,
+                    errors=[f"{slug}: {error}"] if error else [],
+                    processed=counts["processed"],
+                    skipped=counts["skipped"],
+                    failed=counts["failed"],
+                )
+            )
+            final = WarmupState.READY if status is RunStatus.SUCCESS else WarmupState.FAILED
+            await asyncio.shield(
+                self.warmups.set(slug, data_hash, final, now, error=error, run_id=run_id)
+            )
+            log.info("ondemand.finished slug=%s run=%s status=%s", slug, run_id, status)
+            if self.metrics:
+                self.metrics.run_finished(
+                    JOB_ON_DEMAND,
+                    status,
+                    duration_s=self.clock.monotonic() - started,
+                    finished_ms=record.finished_at_ms or now,
+                    **counts,
+                )
+
+    async def _current(self, slug: str, data_hash: str) -> Comparison:
+        comparison = await self.comparisons.get(slug)
+        if comparison is None or comparison.data_hash != data_hash:
+            raise WarmupdError(f"comparison {slug!r} changed while queued")
+        return comparison
+
+    # ----------------------------------------------------------------- stopping
+
+    async def shutdown(self, grace_s: float) -> None:
+        """Accept no new warmups; let the running ones finish within ``grace_s``, then cancel."""
+        self._accepting = False
+        tasks = [f.task for f in self._flights.values() if f.task is not None]
+        if not tasks:
+            return
+        _, pending = await asyncio.wait(tasks, timeout=grace_s)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=10)

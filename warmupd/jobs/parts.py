@@ -1,0 +1,176 @@
+"""The cache parts of one comparison and how they are made warm.
+
+A comparison has three parts: a forecast for each term and an insight pack. The scheduled jobs and the
+on-demand warmup both go through :class:`Warmer`, so "is this part up to date?" and "compute it, write
+it with my fence" mean the same thing everywhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+from warmupd.clock import Clock
+from warmupd.config import CacheConfig, ForecastConfig
+from warmupd.errors import LockLost
+from warmupd.jobs.base import Fencing, ItemOutcome
+from warmupd.models import Comparison, Freshness
+from warmupd.producers import InsightsProducer
+from warmupd.producers.forecast import PREDICTION_ENGINE_VERSION, forecast_term
+from warmupd.store import FORECAST, INSIGHTS, CacheStore, forecast_key, insights_key
+
+T = TypeVar("T")
+
+FORECAST_A = "forecastA"
+FORECAST_B = "forecastB"
+INSIGHTS_PART = "insights"
+PARTS = (FORECAST_A, FORECAST_B, INSIGHTS_PART)
+_TERM_LABEL = {FORECAST_A: "termA", FORECAST_B: "termB"}
+
+
+class CpuRunner(Protocol):
+    """Where CPU-heavy functions run (the process pool)."""
+
+    async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run ``fn`` elsewhere and return its result."""
+        ...
+
+
+@dataclass(frozen=True)
+class PartState:
+    """A part's freshness, counting an entry made by another engine/prompt version as stale."""
+
+    freshness: Freshness
+    current_version: bool
+
+    @property
+    def up_to_date(self) -> bool:
+        """Fresh and made by the current engine or prompt version."""
+        return self.freshness is Freshness.FRESH and self.current_version
+
+    @property
+    def shown(self) -> Freshness:
+        """The freshness reported to clients (an old version is served as stale)."""
+        if self.freshness is Freshness.FRESH and not self.current_version:
+            return Freshness.STALE
+        return self.freshness
+
+
+def part_keys(slug: str, data_hash: str) -> dict[str, str]:
+    """``{part: cache key}`` of a comparison at ``data_hash``."""
+    return {
+        FORECAST_A: forecast_key(slug, "termA", data_hash),
+        FORECAST_B: forecast_key(slug, "termB", data_hash),
+        INSIGHTS_PART: insights_key(slug, data_hash),
+    }
+
+
+class Warmer:
+    """Reads part states and computes missing parts into the cache."""
+
+    def __init__(
+        self,
+        *,
+        cache: CacheStore,
+        cpu: CpuRunner,
+        insights: InsightsProducer,
+        cache_config: CacheConfig,
+        forecast_config: ForecastConfig,
+        clock: Clock,
+    ) -> None:
+        self.cache = cache
+        self.cpu = cpu
+        self.insights = insights
+        self.cache_config = cache_config
+        self.forecast_config = forecast_config
+        self.clock = clock
+
+    @property
+    def insights_version(self) -> str:
+        """The version an insight pack must carry to count as current."""
+        return f"{self.insights.provider}/{self.insights.model}/{self.insights.prompt_version}"
+
+    def version_of(self, part: str) -> str:
+        """The current version of ``part``."""
+        return self.insights_version if part == INSIGHTS_PART else PREDICTION_ENGINE_VERSION
+
+    async def states(self, slug: str, data_hash: str, now_ms: int) -> dict[str, PartState]:
+        """``{part: PartState}`` for the three parts, without loading values."""
+        keys = part_keys(slug, data_hash)
+        found = await self.cache.freshness(list(keys.values()), now_ms)
+        return {
+            part: PartState(found[key][0], found[key][1] == self.version_of(part))
+            for part, key in keys.items()
+        }
+
+    async def warm(self, comparison: Comparison, parts: list[str], fencing: Fencing) -> ItemOutcome:
+        """Compute ``parts`` of ``comparison`` and write them with ``fencing``.
+
+        Parts that are up to date are left alone; when none needs work the outcome is skipped
+        ``up_to_date``; a series too short for a forecast is skipped ``insufficient_data``.
+
+        :raises WarmupdError: when a producer fails (the caller records the item as failed).
+        """
+        data_hash = comparison.data_hash
+        states = await self.states(comparison.slug, data_hash, self.clock.wall_ms())
+        todo = [p for p in parts if not states[p].up_to_date]
+        if not todo:
+            return ItemOutcome.skipped("up_to_date")
+        forecasts = [p for p in todo if p != INSIGHTS_PART]
+        if forecasts and len(comparison.series) < self.forecast_config.min_points:
+            if INSIGHTS_PART not in todo:
+                return ItemOutcome.skipped("insufficient_data")
+            forecasts = []
+        await asyncio.gather(
+            *(self._forecast(comparison, p, fencing) for p in forecasts),
+            *([self._insights(comparison, fencing)] if INSIGHTS_PART in todo else []),
+        )
+        return ItemOutcome.processed()
+
+    async def _forecast(self, comparison: Comparison, part: str, fencing: Fencing) -> None:
+        term = comparison.term_a if part == FORECAST_A else comparison.term_b
+        value = await self.cpu.run(
+            forecast_term,
+            dates=comparison.dates,
+            values=comparison.values(term),
+            term=_TERM_LABEL[part],
+            horizon_days=self.forecast_config.horizon_days,
+            min_points=self.forecast_config.min_points,
+            generated_at_ms=self.clock.wall_ms(),
+            source_updated_ms=comparison.updated_at_ms or None,
+        )
+        value["termName"] = term
+        await self._put(comparison, part, FORECAST, PREDICTION_ENGINE_VERSION, value, fencing)
+
+    async def _insights(self, comparison: Comparison, fencing: Fencing) -> None:
+        value = await self.insights.insights(comparison, now_ms=self.clock.wall_ms())
+        await self._put(comparison, INSIGHTS_PART, INSIGHTS, self.insights_version, value, fencing)
+
+    async def _put(
+        self,
+        comparison: Comparison,
+        part: str,
+        kind: str,
+        version: str,
+        value: dict[str, Any],
+        fencing: Fencing,
+    ) -> None:
+        data_hash = comparison.data_hash
+        key = part_keys(comparison.slug, data_hash)[part]
+        written = await self.cache.put(
+            key,
+            kind=kind,
+            slug=comparison.slug,
+            data_hash=data_hash,
+            version=version,
+            value=value,
+            now_ms=self.clock.wall_ms(),
+            fresh_ttl_ms=self.cache_config.fresh_ttl_ms,
+            stale_ttl_ms=self.cache_config.stale_ttl_ms,
+            fence_key=fencing.fence_key,
+            fence=fencing.fence,
+        )
+        if not written:
+            raise LockLost(f"cache write of {key} rejected: a newer lock holder already wrote it")

@@ -1,0 +1,125 @@
+"""The comparisons service behind the HTTP API: writes, warmup requests and cache reads (SPEC §7, §9).
+
+Reads never compute. A read that finds a part missing schedules an on-demand warmup; one that finds a
+part stale serves it and, with ``cache.stale_while_revalidate``, schedules a background refresh. Both
+are fire-and-forget: the read answers with what the cache holds now.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from warmupd.clock import Clock, ms_to_iso
+from warmupd.config import Config
+from warmupd.errors import NotFound, QueueFull
+from warmupd.jobs.ondemand import OnDemand
+from warmupd.jobs.parts import FORECAST_A, FORECAST_B, INSIGHTS_PART, Warmer, part_keys
+from warmupd.models import Comparison, Freshness, WarmupState
+from warmupd.store import ComparisonHead, ComparisonStore, WarmupStore
+
+log = logging.getLogger("warmupd.reads")
+
+
+class ComparisonService:
+    """Implements :class:`warmupd.http.ComparisonsService`."""
+
+    def __init__(
+        self,
+        *,
+        config: Callable[[], Config],
+        comparisons: ComparisonStore,
+        warmups: WarmupStore,
+        warmer: Warmer,
+        on_demand: OnDemand,
+        clock: Clock,
+    ) -> None:
+        self._config = config
+        self.comparisons = comparisons
+        self.warmups = warmups
+        self.warmer = warmer
+        self.on_demand = on_demand
+        self.clock = clock
+
+    async def _head(self, slug: str) -> ComparisonHead:
+        head = await self.comparisons.head(slug)
+        if head is None:
+            raise NotFound(f"unknown comparison {slug!r}")
+        return head
+
+    async def upsert(self, comparison: Comparison) -> tuple[bool, str]:
+        """Insert or update a comparison; ``(created, dataHash)``."""
+        return await self.comparisons.upsert(comparison, self.clock.wall_ms())
+
+    async def add_views(self, slug: str, count: int, at_ms: int | None) -> dict[str, Any]:
+        """Add views and move ``lastVisited`` forward."""
+        result = await self.comparisons.add_views(slug, count, at_ms or self.clock.wall_ms())
+        if result is None:
+            raise NotFound(f"unknown comparison {slug!r}")
+        return {"slug": slug, "viewCount": result[0], "lastVisited": ms_to_iso(result[1])}
+
+    async def request_warmup(self, slug: str, data_hash: str | None) -> dict[str, Any]:
+        """See :meth:`OnDemand.request`."""
+        return await self.on_demand.request(slug, data_hash)
+
+    async def warmup_status(self, slug: str) -> dict[str, Any]:
+        """The on-demand status a client polls, with each part's freshness."""
+        head = await self._head(slug)
+        now = self.clock.wall_ms()
+        states = await self.warmer.states(slug, head.data_hash, now)
+        row = await self.warmups.get(slug, head.data_hash)
+        flight = self.on_demand.flight_state(slug, head.data_hash)
+        if flight is not None:
+            state = flight
+        elif row is not None:
+            state = row.status
+        elif all(s.up_to_date for s in states.values()):
+            state = WarmupState.READY
+        else:
+            state = WarmupState.IDLE
+        body: dict[str, Any] = {
+            "slug": slug,
+            "dataHash": head.data_hash,
+            "warmup": state.value,
+            "parts": {part: s.shown.value for part, s in states.items()},
+            "updatedAt": ms_to_iso(row.updated_at_ms if row else now),
+        }
+        if row is not None and row.error and state is WarmupState.FAILED:
+            body["lastError"] = row.error
+        return body
+
+    async def pack(self, slug: str) -> dict[str, Any]:
+        """The premium pack; schedules a warmup for missing parts and a refresh for stale ones."""
+        head = await self._head(slug)
+        now = self.clock.wall_ms()
+        keys = part_keys(slug, head.data_hash)
+        entries = await self.warmer.cache.get_many(list(keys.values()), now)
+        values: dict[str, Any] = {}
+        shown: dict[str, Freshness] = {}
+        for part, key in keys.items():
+            entry = entries.get(key)
+            if entry is None:
+                values[part], shown[part] = None, Freshness.MISSING
+                continue
+            current = entry.version == self.warmer.version_of(part)
+            values[part] = entry.value
+            fresh = entry.freshness is Freshness.FRESH and current
+            shown[part] = Freshness.FRESH if fresh else Freshness.STALE
+        missing = any(f is Freshness.MISSING for f in shown.values())
+        stale = any(f is Freshness.STALE for f in shown.values())
+        if missing or (stale and self._config().cache.stale_while_revalidate):
+            try:
+                self.on_demand.schedule(slug, head.data_hash)
+            except QueueFull:
+                log.warning("pack.refresh_not_queued slug=%s reason=queue_full", slug)
+        overall = Freshness.MISSING if missing else Freshness.STALE if stale else Freshness.FRESH
+        return {
+            "slug": slug,
+            "terms": [head.term_a, head.term_b],
+            "dataHash": head.data_hash,
+            "forecasts": {"termA": values[FORECAST_A], "termB": values[FORECAST_B]},
+            "insights": values[INSIGHTS_PART],
+            "freshness": overall.value,
+            "needsWarmup": missing,
+        }

@@ -1,0 +1,437 @@
+"""The job runner: one run per job type, the job lock, a sliding window of items, the run record.
+
+A run (SPEC §6): check the job-level limit (one run per job type per process) → acquire the job lock
+(held elsewhere → a ``skipped`` record) → select items → process them through a **sliding window** of
+``concurrency`` worker tasks pulling from one iterator (a new item starts as soon as any finishes) →
+record the run → release the lock, on every exit path.
+
+Stopping is one mechanism: :meth:`_ActiveRun.stop_now` with a reason (``lock_lost``,
+``max_duration``, ``shutdown``) stops starting items and cancels the in-flight ones; the first
+reason decides the run's status. Draining (SIGTERM) only stops starting new items.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from warmupd.clock import Clock
+from warmupd.config import Config
+from warmupd.errors import (
+    AlreadyRunning,
+    LockedElsewhere,
+    NotFound,
+    ServiceUnavailable,
+    WarmupdError,
+)
+from warmupd.jobs.base import Fencing, ItemOutcome, ItemResult, Job, RunSettings
+from warmupd.locks import Locks, renewing
+from warmupd.metrics import Metrics
+from warmupd.models import Acquired, Fire, Held, RunRecord, RunStatus, Trigger
+from warmupd.runs import RunStore
+from warmupd.scheduler_loop import Misfire
+
+log = logging.getLogger("warmupd.jobs")
+
+Progress = Callable[[str, int, int, int], None]
+"""``on_progress(job, run_id, done, total)`` after every item."""
+
+
+class RunHandle:
+    """A started run; :meth:`wait` never cancels it (a client disconnect must not stop a job)."""
+
+    def __init__(self, run_id: int, job: str, task: asyncio.Task[RunRecord]) -> None:
+        self.run_id = run_id
+        self.job = job
+        self.task = task
+
+    async def wait(self) -> RunRecord:
+        """The finished run record."""
+        return await asyncio.shield(self.task)
+
+
+@dataclass(eq=False)
+class _ActiveRun:
+    job: str
+    run_id: int | None = None
+    task: asyncio.Task[RunRecord] | None = None
+    draining: bool = False
+    stop_reason: str | None = None
+    inflight: set[asyncio.Task[ItemOutcome]] = field(default_factory=set)
+
+    def stop_now(self, reason: str) -> None:
+        """Start no more items and cancel the in-flight ones; the first reason wins."""
+        if self.stop_reason is None:
+            self.stop_reason = reason
+        for task in list(self.inflight):
+            task.cancel()
+
+
+@dataclass
+class _Tally:
+    processed: int = 0
+    skipped: int = 0
+    failed: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def done(self) -> int:
+        return self.processed + self.skipped + self.failed
+
+    def add(self, label: str, outcome: ItemOutcome) -> None:
+        if outcome.result is ItemResult.PROCESSED:
+            self.processed += 1
+        elif outcome.result is ItemResult.SKIPPED:
+            self.skipped += 1
+        else:
+            self.failed += 1
+            if len(self.errors) < 10:
+                self.errors.append(f"{label}: {outcome.reason}")
+
+
+class JobRunner:
+    """Runs jobs for the scheduler, the HTTP API and the CLI alike."""
+
+    def __init__(
+        self,
+        *,
+        jobs: Mapping[str, Job[Any]],
+        config: Callable[[], Config],
+        locks: Locks,
+        runs: RunStore,
+        clock: Clock,
+        node: str,
+        metrics: Metrics | None = None,
+        on_progress: Progress | None = None,
+    ) -> None:
+        self._jobs = dict(jobs)
+        self._config = config
+        self.locks = locks
+        self.runs = runs
+        self.clock = clock
+        self.node = node
+        self.metrics = metrics
+        self.on_progress = on_progress
+        self._active: dict[str, _ActiveRun] = {}
+        self._accepting = True
+
+    def job_names(self) -> list[str]:
+        """Every job this runner can run."""
+        return list(self._jobs)
+
+    def running_run_id(self, job: str) -> int | None:
+        """The id of the run of ``job`` in progress in this process."""
+        active = self._active.get(job)
+        return active.run_id if active else None
+
+    # ----------------------------------------------------------------- starting
+
+    async def trigger(
+        self,
+        job: str,
+        trigger: Trigger,
+        *,
+        limit: int | None = None,
+        concurrency: int | None = None,
+        fire: Fire | None = None,
+    ) -> RunHandle:
+        """Start a run of ``job`` now; returns once the lock is held and the run recorded.
+
+        :raises NotFound: unknown job.
+        :raises AlreadyRunning: this process is running it (a ``skipped`` run is recorded).
+        :raises LockedElsewhere: another process holds its lock (a ``skipped`` run is recorded).
+        :raises ServiceUnavailable: shutting down, or the lock backend cannot be asked (recorded).
+        """
+        definition = self._jobs.get(job)
+        if definition is None:
+            raise NotFound(f"unknown job {job!r} (known: {', '.join(self._jobs)})")
+        if not self._accepting:
+            raise ServiceUnavailable("warmupd is shutting down")
+        extra = {"dueAt": fire.due_ms} if fire else {}
+        if job in self._active:
+            holder = self._active[job].run_id
+            await self._record_skipped(
+                job, trigger, "already_running", {**extra, "runningRunId": holder}
+            )
+            raise AlreadyRunning(f"{job} is already running (run {holder})", run_id=holder)
+        # Reserve the slot before the first await: two triggers racing here must not both pass.
+        active = self._active[job] = _ActiveRun(job)
+        try:
+            return await self._start(definition, active, trigger, limit, concurrency, extra)
+        finally:
+            if active.task is None:
+                self._active.pop(job, None)
+
+    async def _start(
+        self,
+        definition: Job[Any],
+        active: _ActiveRun,
+        trigger: Trigger,
+        limit: int | None,
+        concurrency: int | None,
+        extra: dict[str, Any],
+    ) -> RunHandle:
+        cfg = self._config()
+        job = definition.name
+        settings = RunSettings.from_config(cfg.jobs[job], limit=limit, concurrency=concurrency)
+        metadata: dict[str, Any] = {
+            "limit": settings.limit,
+            "concurrency": settings.concurrency,
+            **extra,
+        }
+        started = self.clock.monotonic()
+        result = await self.locks.acquire(definition.lock_key, cfg.locks.lease_ms)
+        if isinstance(result, Held):
+            await self._record_skipped(job, trigger, "locked_elsewhere", metadata)
+            raise LockedElsewhere(
+                f"{job} is running in another process ({result.holder or 'unknown'})"
+            )
+        if not isinstance(result, Acquired):
+            reason = result.reason if result.reason == "redis_unavailable" else "lock_unavailable"
+            await self._record_skipped(job, trigger, reason, metadata)
+            raise ServiceUnavailable(
+                f"{job} not started: lock backend unavailable ({result.reason})"
+            )
+        lease = result.lease
+        metadata.update(lockBackend=lease.backend, fence=lease.fence, selected=None)
+        try:
+            run_id = await self.runs.start(job, trigger, self.node, self.clock.wall_ms(), metadata)
+        except BaseException:
+            await self.locks.release(lease)
+            raise
+        active.run_id = run_id
+        active.task = asyncio.create_task(
+            self._execute(definition, active, lease, started, settings, trigger, metadata),
+            name=f"run:{job}:{run_id}",
+        )
+        return RunHandle(run_id, job, active.task)
+
+    async def _record_skipped(
+        self, job: str, trigger: Trigger, reason: str, metadata: dict[str, Any]
+    ) -> RunRecord:
+        record = await self.runs.record(
+            job,
+            status=RunStatus.SKIPPED,
+            trigger=trigger,
+            node=self.node,
+            now_ms=self.clock.wall_ms(),
+            reason=reason,
+            metadata=metadata,
+        )
+        log.info("run.skipped job=%s run=%s trigger=%s reason=%s", job, record.id, trigger, reason)
+        if self.metrics:
+            self.metrics.run_finished(
+                job,
+                RunStatus.SKIPPED,
+                duration_s=0,
+                processed=0,
+                skipped=0,
+                failed=0,
+                finished_ms=record.started_at_ms,
+            )
+        return record
+
+    # ----------------------------------------------------------------- running
+
+    async def _execute(
+        self,
+        job: Job[Any],
+        active: _ActiveRun,
+        lease: Any,
+        acquired_monotonic: float,
+        settings: RunSettings,
+        trigger: Trigger,
+        metadata: dict[str, Any],
+    ) -> RunRecord:
+        assert active.run_id is not None
+        run_id = active.run_id
+        tally = _Tally()
+        status, reason = RunStatus.SUCCESS, None
+        begun = self.clock.monotonic()
+        log.info(
+            "run.started job=%s run=%s trigger=%s fence=%s", job.name, run_id, trigger, lease.fence
+        )
+        if self.metrics:
+            self.metrics.run_started(job.name)
+        deadline = asyncio.get_running_loop().call_later(
+            settings.max_duration_ms / 1000, active.stop_now, "max_duration"
+        )
+        try:
+            async with renewing(
+                self.locks,
+                lease,
+                self.clock,
+                started_monotonic=acquired_monotonic,
+                on_lost=lambda _why: active.stop_now("lock_lost"),
+            ) as handle:
+                fencing = Fencing(fence_key=self.locks.fence_key(lease), fence=lease.fence)
+                job.start_run()
+                items = await job.select(settings, self.clock.wall_ms())
+                metadata["selected"] = len(items)
+                await self.runs.update_metadata(run_id, metadata)
+                iterator = iter(items)
+
+                async def worker() -> None:
+                    for item in iterator:
+                        if active.draining or active.stop_reason or handle.is_lost:
+                            return
+                        outcome = await self._one(job, item, settings, fencing, active)
+                        tally.add(job.label(item), outcome)
+                        if self.on_progress:
+                            self.on_progress(job.name, run_id, tally.done, len(items))
+
+                async with asyncio.TaskGroup() as group:
+                    for _ in range(min(settings.concurrency, len(items))):
+                        group.create_task(worker())
+                if handle.is_lost:
+                    active.stop_now("lock_lost")
+            status, reason = self._final_status(active, tally, len(items))
+        except asyncio.CancelledError:
+            # Only the daemon cancels a run task, after the shutdown grace ran out.
+            status, reason = RunStatus.CANCELLED, active.stop_reason or "shutdown"
+            current = asyncio.current_task()
+            if current is not None:
+                current.uncancel()
+        except Exception as exc:
+            log.exception("run.error job=%s run=%s", job.name, run_id)
+            status = RunStatus.FAILED
+            reason = (
+                f"error: {exc}"
+                if isinstance(exc, WarmupdError)
+                else f"error: {type(exc).__name__}: {exc}"
+            )
+        finally:
+            deadline.cancel()
+            self._active.pop(job.name, None)
+        record = await asyncio.shield(
+            self.runs.finish(
+                run_id,
+                status=status,
+                now_ms=self.clock.wall_ms(),
+                reason=reason,
+                processed=tally.processed,
+                skipped=tally.skipped,
+                failed=tally.failed,
+                errors=tally.errors,
+                metadata=metadata,
+            )
+        )
+        log.info(
+            "run.finished job=%s run=%s status=%s reason=%s processed=%d skipped=%d failed=%d duration_ms=%s",
+            job.name,
+            run_id,
+            status,
+            reason,
+            tally.processed,
+            tally.skipped,
+            tally.failed,
+            record.duration_ms,
+        )
+        if self.metrics:
+            self.metrics.run_finished(
+                job.name,
+                status,
+                duration_s=self.clock.monotonic() - begun,
+                processed=tally.processed,
+                skipped=tally.skipped,
+                failed=tally.failed,
+                finished_ms=record.finished_at_ms or self.clock.wall_ms(),
+            )
+        return record
+
+    @staticmethod
+    def _final_status(
+        active: _ActiveRun, tally: _Tally, selected: int
+    ) -> tuple[RunStatus, str | None]:
+        if active.stop_reason == "lock_lost":
+            return RunStatus.FAILED, "lock_lost"
+        if active.stop_reason is not None:
+            return RunStatus.CANCELLED, active.stop_reason
+        if active.draining and tally.done < selected:
+            return RunStatus.CANCELLED, "shutdown"
+        if selected and tally.failed == selected:
+            return RunStatus.FAILED, "all_items_failed"
+        return RunStatus.SUCCESS, None
+
+    async def _one(
+        self, job: Job[Any], item: Any, settings: RunSettings, fencing: Fencing, active: _ActiveRun
+    ) -> ItemOutcome:
+        """Process one item in its own task, so that stopping can cancel exactly the in-flight ones."""
+        task = asyncio.create_task(self._guarded(job, item, settings, fencing))
+        active.inflight.add(task)
+        try:
+            await asyncio.wait({task})
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+        finally:
+            active.inflight.discard(task)
+        if task.cancelled():
+            return ItemOutcome(ItemResult.FAILED, f"cancelled ({active.stop_reason or 'stopped'})")
+        return task.result()
+
+    async def _guarded(
+        self, job: Job[Any], item: Any, settings: RunSettings, fencing: Fencing
+    ) -> ItemOutcome:
+        timeout_s = settings.item_timeout_ms / 1000
+        try:
+            async with asyncio.timeout(timeout_s):
+                return await job.process(item, fencing, self.clock.wall_ms())
+        except TimeoutError:
+            return ItemOutcome(ItemResult.FAILED, f"timed out after {timeout_s:g}s")
+        except WarmupdError as exc:
+            return ItemOutcome(ItemResult.FAILED, exc.message)
+        except Exception as exc:
+            log.exception("item.error job=%s item=%s", job.name, job.label(item))
+            return ItemOutcome(ItemResult.FAILED, f"{type(exc).__name__}: {exc}")
+
+    # ----------------------------------------------------------------- scheduler hooks
+
+    async def on_fire(self, fire: Fire) -> None:
+        """Scheduler callback: start the fire's run; refusals are already recorded as skipped."""
+        try:
+            await self.trigger(fire.job, fire.trigger, fire=fire)
+        except (AlreadyRunning, LockedElsewhere, ServiceUnavailable) as exc:
+            log.info("fire.not_run job=%s due=%s reason=%s", fire.job, fire.due_ms, exc.code)
+
+    async def on_misfire(self, misfire: Misfire) -> None:
+        """Scheduler callback: record fires missed beyond ``misfire_grace`` as one skipped run."""
+        await self._record_skipped(
+            misfire.job,
+            Trigger.SCHEDULE,
+            "misfired",
+            {
+                "firstDueAt": misfire.first_due_ms,
+                "lastDueAt": misfire.last_due_ms,
+                "missed": misfire.count,
+            },
+        )
+
+    # ----------------------------------------------------------------- stopping
+
+    def active_tasks(self) -> list[asyncio.Task[RunRecord]]:
+        """Tasks of the runs in progress."""
+        return [a.task for a in self._active.values() if a.task is not None]
+
+    async def shutdown(self, grace_s: float) -> None:
+        """Drain: start no new runs or items; after ``grace_s`` cancel in-flight items; wait for records."""
+        self._accepting = False
+        tasks = self.active_tasks()
+        for active in self._active.values():
+            active.draining = True
+        if not tasks:
+            return
+        log.info("runner.draining runs=%d grace_s=%s", len(tasks), grace_s)
+        _, pending = await asyncio.wait(tasks, timeout=grace_s)
+        if pending:
+            log.warning("runner.cancelling runs=%d", len(pending))
+            for active in list(self._active.values()):
+                active.stop_now("shutdown")
+            _, pending = await asyncio.wait(pending, timeout=10)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=5)
