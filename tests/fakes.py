@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 
 
 class FakeClock:
-    """A clock that moves only when told to.
+    """A :class:`warmupd.clock.Clock` whose time moves only when the test says so.
 
-    ``sleep`` records the requested duration, advances both clocks by it and yields once to the loop,
-    so code that sleeps in a loop can be stepped deterministically.
+    ``sleep`` parks the caller until :meth:`advance` moves monotonic time past its deadline, so a
+    renewal task runs exactly when the test decides, never because real time passed.
     """
 
-    def __init__(self, wall_ms: int = 1_767_225_600_000, monotonic: float = 1000.0) -> None:
+    def __init__(self, wall_ms: int = 1_700_000_000_000) -> None:
         self._wall_ms = wall_ms
-        self._mono = monotonic
-        self.sleeps: list[float] = []
+        self._mono = 1_000.0
+        self._seq = itertools.count()
+        self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
 
     def wall_ms(self) -> int:
         return self._wall_ms
@@ -23,19 +26,25 @@ class FakeClock:
     def monotonic(self) -> float:
         return self._mono
 
-    def advance(self, seconds: float) -> None:
-        """Move wall and monotonic time forward together."""
-        self._wall_ms += round(seconds * 1000)
-        self._mono += seconds
-
-    def jump_wall(self, seconds: float) -> None:
-        """Step only the wall clock (an NTP step or a manual change), forward or back."""
-        self._wall_ms += round(seconds * 1000)
+    async def sleep(self, seconds: float) -> None:
+        if seconds <= 0:
+            await asyncio.sleep(0)
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._sleepers, (self._mono + seconds, next(self._seq), fut))
+        await fut
 
     def set_wall_ms(self, wall_ms: int) -> None:
+        """Step the wall clock only (as NTP or an operator would)."""
         self._wall_ms = wall_ms
 
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.advance(max(0.0, seconds))
-        await asyncio.sleep(0)
+    async def advance(self, seconds: float) -> None:
+        """Move both clocks forward, wake due sleepers and let them run one step."""
+        self._mono += seconds
+        self._wall_ms += round(seconds * 1000)
+        while self._sleepers and self._sleepers[0][0] <= self._mono:
+            _, _, fut = heapq.heappop(self._sleepers)
+            if not fut.done():
+                fut.set_result(None)
+        for _ in range(5):
+            await asyncio.sleep(0)

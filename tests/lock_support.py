@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import heapq
-import itertools
 import os
 import shutil
 import signal
@@ -18,52 +16,13 @@ from pathlib import Path
 import pytest
 import redis as redis_sync
 
+from tests.fakes import FakeClock
+
+__all__ = ["FakeClock"]
+
 REDIS_URL = "redis://127.0.0.1:6379/0"
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 ROOT = Path(__file__).resolve().parent.parent
-
-
-class FakeClock:
-    """A :class:`warmupd.clock.Clock` whose time moves only when the test says so.
-
-    ``sleep`` parks the caller until :meth:`advance` moves monotonic time past its deadline, so a
-    renewal task runs exactly when the test decides, never because real time passed.
-    """
-
-    def __init__(self, wall_ms: int = 1_700_000_000_000) -> None:
-        self._wall_ms = wall_ms
-        self._mono = 1_000.0
-        self._seq = itertools.count()
-        self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
-
-    def wall_ms(self) -> int:
-        return self._wall_ms
-
-    def monotonic(self) -> float:
-        return self._mono
-
-    async def sleep(self, seconds: float) -> None:
-        if seconds <= 0:
-            await asyncio.sleep(0)
-            return
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._sleepers, (self._mono + seconds, next(self._seq), fut))
-        await fut
-
-    def set_wall_ms(self, wall_ms: int) -> None:
-        """Step the wall clock only (as NTP or an operator would)."""
-        self._wall_ms = wall_ms
-
-    async def advance(self, seconds: float) -> None:
-        """Move both clocks forward, wake due sleepers and let them run one step."""
-        self._mono += seconds
-        self._wall_ms += round(seconds * 1000)
-        while self._sleepers and self._sleepers[0][0] <= self._mono:
-            _, _, fut = heapq.heappop(self._sleepers)
-            if not fut.done():
-                fut.set_result(None)
-        for _ in range(5):
-            await asyncio.sleep(0)
 
 
 async def wait_for_condition(

@@ -1,0 +1,354 @@
+"""The warmup jobs, on-demand warmups and cache reads over a real SQLite file."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from tests.fakes import FakeClock
+from warmupd.config import JOB_FORECASTS, JOB_HOUSEKEEPING, JOB_INSIGHTS, Config, parse_config
+from warmupd.db import Database
+from warmupd.errors import NotFound, QueueFull, StaleDataHash
+from warmupd.jobs import build_jobs
+from warmupd.jobs.ondemand import OnDemand
+from warmupd.jobs.parts import Warmer
+from warmupd.jobs.reads import ComparisonService
+from warmupd.jobs.runner import JobRunner
+from warmupd.locks.sqlite import SqliteLocks
+from warmupd.models import Comparison, RunStatus, Trigger, WarmupState
+from warmupd.producers.insights_builtin import BuiltinInsights
+from warmupd.runs import NodeStore, RunStore
+from warmupd.store import CacheStore, ComparisonStore, WarmupStore
+
+T = TypeVar("T")
+DAY = 86_400_000
+
+
+class RecordingCpu:
+    """Runs functions inline (statsmodels in the test process is fine) and counts the calls.
+
+    ``gate``, when set, holds every call until the test opens it, so computations stay in flight.
+    """
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+        self.gate: asyncio.Event | None = None
+
+    async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        self.calls.append(fn.__name__)
+        if self.gate is not None:
+            await self.gate.wait()
+        return fn(*args, **kwargs)
+
+
+class RecordingWarmups(WarmupStore):
+    """Records each status it writes."""
+
+    def __init__(self, db: Database) -> None:
+        super().__init__(db)
+        self.history: list[tuple[str, WarmupState]] = []
+
+    async def set(
+        self, slug: str, data_hash: str, status: WarmupState, now_ms: int, **kw: Any
+    ) -> None:
+        self.history.append((slug, status))
+        await super().set(slug, data_hash, status, now_ms, **kw)
+
+
+def series(n: int, a0: float = 40, b0: float = 60, step: float = 0.2) -> tuple[dict[str, Any], ...]:
+    return tuple(
+        {
+            "date": f"2026-{1 + d // 28:02d}-{1 + d % 28:02d}",
+            "tea": round(a0 + step * d + (5 if d % 7 == 5 else 0), 1),
+            "coffee": round(b0 - step * d / 2, 1),
+        }
+        for d in range(n)
+    )
+
+
+def comparison(slug: str, n: int = 42, **kw: Any) -> Comparison:
+    return Comparison(
+        slug=slug, term_a="tea", term_b="coffee", timeframe="90d", series=series(n, **kw)
+    )
+
+
+@dataclass
+class World:
+    cfg: Config
+    clock: FakeClock
+    comparisons: ComparisonStore
+    cache: CacheStore
+    runs: RunStore
+    warmups: RecordingWarmups
+    cpu: RecordingCpu
+    warmer: Warmer
+    runner: JobRunner
+    on_demand: OnDemand
+    service: ComparisonService
+    other_locks: SqliteLocks
+
+
+@pytest.fixture
+async def world(tmp_path: Path) -> AsyncIterator[World]:
+    cfg = parse_config({"on_demand": {"max_queued": 2, "concurrency": 1}}, env={})
+    clock = FakeClock(wall_ms=1_767_225_600_000)
+    async with Database(tmp_path / "w.db") as db, Database(tmp_path / "w.db") as db2:
+        locks = SqliteLocks(db, clock, "n1")
+        comparisons, cache, runs = ComparisonStore(db), CacheStore(db), RunStore(db)
+        warmups = RecordingWarmups(db)
+        cpu = RecordingCpu()
+        warmer = Warmer(
+            cache=cache,
+            cpu=cpu,
+            insights=BuiltinInsights(prompt_version="1"),
+            cache_config=cfg.cache,
+            forecast_config=cfg.forecast,
+            clock=clock,
+        )
+        jobs = build_jobs(
+            config=cfg,
+            comparisons=comparisons,
+            cache=cache,
+            runs=runs,
+            warmups=warmups,
+            nodes=NodeStore(db),
+            warmer=warmer,
+            purge_locks=locks.purge_expired,
+        )
+        runner = JobRunner(
+            jobs=jobs, config=lambda: cfg, locks=locks, runs=runs, clock=clock, node="n1"
+        )
+        on_demand = OnDemand(
+            config=lambda: cfg,
+            comparisons=comparisons,
+            warmups=warmups,
+            runs=runs,
+            warmer=warmer,
+            locks=locks,
+            clock=clock,
+            node="n1",
+        )
+        service = ComparisonService(
+            config=lambda: cfg,
+            comparisons=comparisons,
+            warmups=warmups,
+            warmer=warmer,
+            on_demand=on_demand,
+            clock=clock,
+        )
+        yield World(
+            cfg,
+            clock,
+            comparisons,
+            cache,
+            runs,
+            warmups,
+            cpu,
+            warmer,
+            runner,
+            on_demand,
+            service,
+            SqliteLocks(db2, clock, "n2"),
+        )
+        await on_demand.shutdown(0)
+
+
+async def run(world: World, job: str) -> Any:
+    return await (await world.runner.trigger(job, Trigger.CLI)).wait()
+
+
+async def test_forecasts_job_computes_then_skips_up_to_date_then_recomputes_changed(
+    world: World,
+) -> None:
+    now = world.clock.wall_ms()
+    for slug in ("tea-vs-coffee", "short-one"):
+        await world.comparisons.upsert(comparison(slug, n=42 if slug != "short-one" else 4), now)
+        await world.comparisons.add_views(slug, 5, now)
+    first = await run(world, JOB_FORECASTS)
+    assert (first.status, first.processed, first.skipped, first.failed) == (
+        RunStatus.SUCCESS,
+        1,
+        1,
+        0,
+    )
+    assert world.cpu.calls.count("forecast_term") == 2  # both terms of the long comparison
+    pack = await world.service.pack("tea-vs-coffee")
+    assert pack["forecasts"]["termA"]["term"] == "termA"
+    assert pack["forecasts"]["termB"]["termName"] == "coffee"
+    assert pack["insights"] is None  # not this job's part
+    second = await run(world, JOB_FORECASTS)
+    assert (second.processed, second.skipped) == (0, 2)
+    assert world.cpu.calls.count("forecast_term") == 2  # nothing recomputed
+    changed = comparison("tea-vs-coffee", a0=20)
+    await world.comparisons.upsert(changed, now + 1)
+    third = await run(world, JOB_FORECASTS)
+    assert (third.processed, third.skipped) == (1, 1)
+    assert world.cpu.calls.count("forecast_term") == 4
+    states = await world.warmer.states("tea-vs-coffee", changed.data_hash, now)
+    assert states["forecastA"].up_to_date
+    assert states["forecastB"].up_to_date
+
+
+async def test_insufficient_data_is_skipped_with_its_reason(world: World) -> None:
+    now = world.clock.wall_ms()
+    await world.comparisons.upsert(comparison("tiny", n=3), now)
+    outcome = await world.warmer.warm(
+        (await world.comparisons.get("tiny")),  # type: ignore[arg-type]
+        ["forecastA", "forecastB"],
+        fencing(),
+    )
+    assert (outcome.result.value, outcome.reason) == ("skipped", "insufficient_data")
+
+
+def fencing() -> Any:
+    from warmupd.jobs.base import Fencing
+
+    return Fencing(fence_key="test", fence=1)
+
+
+async def test_insights_job_writes_packs_for_viewed_comparisons(world: World) -> None:
+    now = world.clock.wall_ms()
+    await world.comparisons.upsert(comparison("viewed"), now)
+    await world.comparisons.add_views("viewed", 20, now - 60 * DAY)
+    await world.comparisons.upsert(comparison("unviewed"), now)
+    record = await run(world, JOB_INSIGHTS)
+    assert (record.processed, record.metadata["selected"]) == (1, 1)
+    pack = await world.service.pack("viewed")
+    assert "tea" in pack["insights"]["meaningExplanation"]["text"]
+    assert (await run(world, JOB_INSIGHTS)).skipped == 1
+
+
+async def test_housekeeping_purges_expired_entries_and_old_runs(world: World) -> None:
+    now = world.clock.wall_ms()
+    await world.cache.put(
+        "forecast:x:termA:h",
+        kind="forecast",
+        slug="x",
+        data_hash="h",
+        version="2",
+        value={},
+        now_ms=now - 40 * DAY,
+        fresh_ttl_ms=DAY,
+        stale_ttl_ms=30 * DAY,
+        fence_key="k",
+        fence=1,
+    )
+    await world.cache.put(
+        "forecast:y:termA:h",
+        kind="forecast",
+        slug="y",
+        data_hash="h",
+        version="2",
+        value={},
+        now_ms=now,
+        fresh_ttl_ms=DAY,
+        stale_ttl_ms=30 * DAY,
+        fence_key="k",
+        fence=1,
+    )
+    old = await world.runs.record(
+        "warmup-forecasts",
+        status=RunStatus.SUCCESS,
+        trigger=Trigger.CLI,
+        node="n",
+        now_ms=now - 100 * DAY,
+        reason=None,
+    )
+    record = await run(world, JOB_HOUSEKEEPING)
+    assert record.status is RunStatus.SUCCESS
+    assert record.processed == record.metadata["selected"] == 5
+    rows = await world.cache.db.fetchall("SELECT key FROM cache_entries")
+    assert [r["key"] for r in rows] == ["forecast:y:termA:h"]
+    assert await world.runs.get(old.id) is None
+
+
+async def test_on_demand_single_flight_for_a_thousand_requests(world: World) -> None:
+    now = world.clock.wall_ms()
+    c = comparison("hot")
+    await world.comparisons.upsert(c, now)
+    world.cpu.gate = asyncio.Event()
+    answers = await asyncio.gather(*(world.on_demand.request("hot", None) for _ in range(1000)))
+    assert {a["status"] for a in answers} <= {"queued", "running"}
+    assert {a["dataHash"] for a in answers} == {c.data_hash}
+    world.cpu.gate.set()
+    while world.on_demand.flight_state("hot", c.data_hash) is not None:
+        await asyncio.sleep(0.01)
+    assert world.on_demand.computations == 1
+    assert world.cpu.calls.count("forecast_term") == 2
+    statuses = [s for slug, s in world.warmups.history if slug == "hot"]
+    assert statuses == [WarmupState.QUEUED, WarmupState.RUNNING, WarmupState.READY]
+    assert (await world.on_demand.request("hot", c.data_hash))["status"] == "ready"
+    status = await world.service.warmup_status("hot")
+    assert status["warmup"] == "ready"
+    assert status["parts"] == {"forecastA": "fresh", "forecastB": "fresh", "insights": "fresh"}
+    (record,) = await world.runs.list_runs(job="warmup-on-demand", limit=5)
+    assert (record.status, record.trigger, record.processed) == (
+        RunStatus.SUCCESS,
+        Trigger.ON_DEMAND,
+        1,
+    )
+
+
+async def test_on_demand_queue_bound_and_bad_requests(world: World) -> None:
+    now = world.clock.wall_ms()
+    for slug in ("q1", "q2", "q3", "q4"):
+        await world.comparisons.upsert(comparison(slug), now)
+    world.cpu.gate = asyncio.Event()
+    await world.on_demand.request("q1", None)
+    while world.on_demand.in_flight() < 1:  # q1 takes the only slot (concurrency 1)
+        await asyncio.sleep(0.01)
+    await world.on_demand.request("q2", None)
+    await world.on_demand.request("q3", None)
+    assert (world.on_demand.in_flight(), world.on_demand.queued()) == (1, 2)
+    with pytest.raises(QueueFull):
+        await world.on_demand.request("q4", None)
+    assert (
+        world.on_demand.flight_state("q4", (await world.comparisons.head("q4")).data_hash) is None
+    )  # type: ignore[union-attr]
+    with pytest.raises(NotFound):
+        await world.on_demand.request("missing", None)
+    with pytest.raises(StaleDataHash):
+        await world.on_demand.request("q1", "0000000000000000")
+    world.cpu.gate.set()
+
+
+async def test_on_demand_is_single_flight_across_processes(world: World) -> None:
+    now = world.clock.wall_ms()
+    c = comparison("shared")
+    await world.comparisons.upsert(c, now)
+    held = await world.other_locks.acquire(f"warmup:on-demand:shared:{c.data_hash}", 60_000)
+    assert held.__class__.__name__ == "Acquired"
+    await world.on_demand.request("shared", None)
+    while world.on_demand.flight_state("shared", c.data_hash) is not None:
+        await asyncio.sleep(0.01)
+    assert world.cpu.calls == []
+    (record,) = await world.runs.list_runs(job="warmup-on-demand", limit=5)
+    assert (record.status, record.reason) == (RunStatus.SKIPPED, "locked_elsewhere")
+
+
+async def test_pack_reports_missing_schedules_warmup_and_serves_stale(world: World) -> None:
+    now = world.clock.wall_ms()
+    c = comparison("pack-me")
+    await world.comparisons.upsert(c, now)
+    world.cpu.gate = asyncio.Event()
+    pack = await world.service.pack("pack-me")
+    assert pack["needsWarmup"] is True
+    assert pack["freshness"] == "missing"
+    assert world.on_demand.flight_state("pack-me", c.data_hash) is not None  # reads never compute
+    world.cpu.gate.set()
+    while world.on_demand.flight_state("pack-me", c.data_hash) is not None:
+        await asyncio.sleep(0.01)
+    fresh = await world.service.pack("pack-me")
+    assert (fresh["freshness"], fresh["needsWarmup"]) == ("fresh", False)
+    world.clock.set_wall_ms(now + 8 * DAY)  # past fresh_ttl (7d), inside stale_ttl (30d)
+    stale = await world.service.pack("pack-me")
+    assert (stale["freshness"], stale["needsWarmup"]) == ("stale", False)
+    assert stale["forecasts"]["termA"] == fresh["forecasts"]["termA"]
+    assert world.on_demand.flight_state("pack-me", c.data_hash) is not None  # background refresh
+    with pytest.raises(NotFound):
+        await world.service.pack("nope")
