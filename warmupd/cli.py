@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable, Coroutine, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from warmupd import __version__
 from warmupd.clock import SystemClock
@@ -23,6 +23,7 @@ from warmupd.db import Database
 from warmupd.errors import UsageError, WarmupdError, exit_code_for
 
 DEFAULT_CONFIG = "/etc/warmupd/warmupd.toml"
+T = TypeVar("T")
 
 
 def config_path(arg: str | None) -> str | None:
@@ -42,7 +43,7 @@ def _load(args: argparse.Namespace) -> Config:
     return load_config(config_path(args.config))
 
 
-def _run_async(coro: Coroutine[Any, Any, int]) -> int:
+def _run_async(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coro)
 
 
@@ -175,6 +176,48 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
     return _run_async(go())
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    """One run of a job in the foreground, without HTTP; prints the run record.
+
+    Exit 0 success, 1 failed or cancelled, 3 skipped (held elsewhere, already running).
+    """
+    from warmupd.daemon import run_once
+
+    cfg = _load(args)
+    if args.job not in cfg.jobs:
+        raise UsageError(f"unknown job {args.job!r} (known: {', '.join(cfg.jobs)})")
+    record = _run_async(
+        run_once(
+            cfg, args.job, limit=args.limit, concurrency=args.concurrency, progress=_progress()
+        )
+    )
+    if args.json:
+        print(json.dumps(record, indent=2))
+    else:
+        for key, value in record.items():
+            print(f"{key:>11}: {json.dumps(value) if isinstance(value, dict | list) else value}")
+    return {"success": 0, "skipped": 3}.get(record["status"], 1)
+
+
+def _progress() -> Callable[[str, int, int, int], None]:
+    """A progress bar on a TTY, plain lines otherwise (one per item)."""
+    tty = sys.stderr.isatty()
+
+    def show(job: str, run_id: int, done: int, total: int) -> None:
+        if tty:
+            width = 30
+            filled = width * done // max(total, 1)
+            bar = "#" * filled + "-" * (width - filled)
+            end = "\n" if done >= total else ""
+            print(
+                f"\r{job} run {run_id} [{bar}] {done}/{total}", end=end, file=sys.stderr, flush=True
+            )
+        else:
+            print(f"{job} run {run_id}: {done}/{total} items", file=sys.stderr, flush=True)
+
+    return show
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run the daemon until SIGTERM/SIGINT."""
     from warmupd.daemon import serve
@@ -184,6 +227,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------- parser
+
+
+def _bounded(lo: int, hi: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"must be between {lo} and {hi}")
+        return value
+
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -222,6 +278,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--count", type=int, default=40)
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--if-empty", action="store_true", help="only when the database has none")
+
+    p = add("run", cmd_run, "one run of a job in the foreground (no HTTP); prints the run record")
+    p.add_argument("job", metavar="JOB")
+    p.add_argument("--limit", type=_bounded(1, 1000), default=None)
+    p.add_argument("--concurrency", type=_bounded(1, 64), default=None)
+    p.add_argument("--json", action="store_true")
 
     p = add("calendar", cmd_calendar, "show the next fire times of a schedule")
     p.add_argument("expr", metavar="EXPR")

@@ -30,20 +30,21 @@ from aiohttp import web
 from warmupd.clock import Clock, SystemClock
 from warmupd.config import Config, load_config
 from warmupd.db import Database
-from warmupd.errors import ConfigError
+from warmupd.errors import AlreadyRunning, ConfigError, LockedElsewhere, ServiceUnavailable
 from warmupd.http import create_app
 from warmupd.jobs import build_jobs
 from warmupd.jobs.ondemand import OnDemand
 from warmupd.jobs.parts import Warmer
 from warmupd.jobs.reads import ComparisonService
 from warmupd.jobs.runner import JobRunner, Progress
-from warmupd.jobs.service import JobsService
+from warmupd.jobs.service import JobsService, render_run
 from warmupd.locks import Locks
 from warmupd.locks.fallback import FallbackLocks
 from warmupd.locks.redis import RedisLocks
 from warmupd.locks.sqlite import SqliteLocks
 from warmupd.logs import configure_logging, register_secret
 from warmupd.metrics import Metrics, loop_lag_monitor
+from warmupd.models import Trigger
 from warmupd.pool import ProcessPool
 from warmupd.producers import InsightsProducer
 from warmupd.producers.insights_builtin import BuiltinInsights
@@ -57,7 +58,6 @@ from warmupd.systemd import SystemdNotifier, watchdog_loop
 
 log = logging.getLogger("warmupd.daemon")
 
-REDIS_PROBE_S = 5.0
 HEARTBEAT_S = 10.0
 
 
@@ -476,13 +476,50 @@ class Daemon:
 
     async def _probe_redis(self, core: Core) -> None:
         assert core.fallback is not None
+        # Probe at twice the connect timeout: an outage shows within seconds, a recovery too.
+        interval_s = max(1.0, 2 * self.holder().redis.connect_timeout_ms / 1000)
         while True:
-            await self.clock.sleep(REDIS_PROBE_S)
+            await self.clock.sleep(interval_s)
             was = core.fallback.redis_up
             up = await core.fallback.ping()
             self.metrics.redis_up.set(1 if up else 0)
             if up != was:
                 log.warning("redis.%s", "up" if up else "down")
+
+
+async def run_once(
+    config: Config,
+    job: str,
+    *,
+    limit: int | None = None,
+    concurrency: int | None = None,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """``warmupd run JOB``: one run in the foreground, no HTTP; returns the rendered run record.
+
+    A refused run (held elsewhere, already running, lock backend down) returns its ``skipped`` record.
+    """
+    configure_logging("text", "warning")
+    holder = ConfigHolder(config, config.source)
+    clock = SystemClock()
+    async with AsyncExitStack() as stack:
+        core = await build_core(
+            stack,
+            holder,
+            clock=clock,
+            node=make_node_id(secrets.token_hex(3)),
+            metrics=Metrics(),
+            on_progress=progress,
+        )
+        try:
+            handle = await core.runner.trigger(
+                job, Trigger.CLI, limit=limit, concurrency=concurrency
+            )
+        except (AlreadyRunning, LockedElsewhere, ServiceUnavailable):
+            (record,) = await core.runs.list_runs(job=job, limit=1)
+        else:
+            record = await handle.wait()
+        return render_run(record)
 
 
 async def serve(config: Config, *, log_format: str = "text", log_level: str = "info") -> int:

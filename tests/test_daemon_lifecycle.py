@@ -1,0 +1,215 @@
+"""The real daemon as a subprocess: sd_notify, SIGTERM drain, kill -9 recovery, SIGHUP reload."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.daemon_support import DaemonProcess, wait_until
+from tests.lock_support import worker_env
+from warmupd.db import Database
+from warmupd.locks.sqlite import SqliteLocks
+from warmupd.clock import SystemClock
+from warmupd.models import Acquired
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def daemons() -> Iterator[list[DaemonProcess]]:
+    started: list[DaemonProcess] = []
+    yield started
+    for daemon in started:
+        daemon.kill()
+
+
+@pytest.fixture
+def blackhole() -> Iterator[str]:
+    """An "AI server" that accepts connections and never answers: items hang until cancelled."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(64)
+    yield f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
+    sock.close()
+
+
+def load_demo(daemon: DaemonProcess, count: int = 6) -> None:
+    subprocess.run(
+        [sys.executable, "-m", "warmupd", "demo-data", "-c", str(daemon.config_path), "--count", str(count)],
+        check=True,
+        env=worker_env(),
+        capture_output=True,
+    )
+
+
+def slow_ai(url: str) -> dict[str, object]:
+    return {
+        "ai": {"provider": "openai", "base_url": url, "model": "test-model", "timeout": "60s"},
+        "locks": {"lease": "3s"},
+    }
+
+
+def run_row(db_path: Path, run_id: int) -> sqlite3.Row:
+    conn = sqlite3.connect(db_path)
+    conn.row_factory = sqlite3.Row
+    try:
+        return conn.execute("SELECT * FROM job_runs WHERE id = ?", (run_id,)).fetchone()
+    finally:
+        conn.close()
+
+
+class NotifyListener:
+    """A ``$NOTIFY_SOCKET`` datagram socket collecting what the daemon sends."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.settimeout(0.2)
+        self.messages: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.messages.append(self.sock.recv(4096).decode())
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2)
+        self.sock.close()
+
+    def seen(self, prefix: str) -> bool:
+        return any(m.startswith(prefix) for m in self.messages)
+
+
+def test_sd_notify_sequence(tmp_path: Path, daemons: list[DaemonProcess]) -> None:
+    listener = NotifyListener(tmp_path / "notify.sock")
+    try:
+        daemon = DaemonProcess(
+            tmp_path, "notify", env={"NOTIFY_SOCKET": str(listener.path), "WATCHDOG_USEC": "200000"}
+        )
+        daemons.append(daemon.start())
+        wait_until(lambda: listener.seen("READY=1"))
+        wait_until(lambda: listener.seen("WATCHDOG=1"))
+        daemon.send(signal.SIGHUP)
+        wait_until(lambda: sum(m.startswith("READY=1") for m in listener.messages) >= 2)
+        daemon.send(signal.SIGTERM)
+        assert daemon.wait_exit() == 0
+        time.sleep(0.3)  # let the listener thread drain the socket
+    finally:
+        listener.close()
+    ordered = [m for m in listener.messages if not m.startswith("WATCHDOG=1")]
+    kinds = [m.split("=", 1)[0] for m in ordered]
+    first_ready = kinds.index("READY")
+    assert "STATUS" in kinds[first_ready:]
+    reloading = kinds.index("RELOADING")
+    assert reloading > first_ready
+    assert re.search(r"^RELOADING=1\nMONOTONIC_USEC=\d+$", ordered[reloading])
+    assert "READY" in kinds[reloading + 1 :]
+    assert kinds[-1] == "STOPPING" or "STOPPING" in kinds[reloading + 1 :]
+    assert kinds.index("STOPPING", reloading) > kinds.index("READY", reloading + 1)
+    status = next(m for m in ordered if m.startswith("STATUS="))
+    assert "next" in status or "idle" in status
+
+
+def test_sigterm_during_a_run_cancels_it_and_frees_the_lock(
+    tmp_path: Path, daemons: list[DaemonProcess], blackhole: str
+) -> None:
+    daemon = DaemonProcess(tmp_path, "term", slow_ai(blackhole))
+    load_demo(daemon)
+    daemons.append(daemon.start())
+    status, body = daemon.trigger("warmup-ai-explanations")
+    assert status == 202, body
+    run_id = body["runId"]
+    wait_until(lambda: daemon.request("GET", "/api/status")[1]["onDemand"] is not None)
+    time.sleep(0.3)  # items are now waiting on the AI server that never answers
+    started = time.monotonic()
+    daemon.send(signal.SIGTERM)
+    assert daemon.wait_exit(timeout_s=15) == 0
+    assert time.monotonic() - started < 2 + 2  # shutdown_grace (2 s) + 2 s
+    row = run_row(daemon.db_path, run_id)
+    assert (row["status"], row["reason"]) == ("cancelled", "shutdown")
+    assert "cancelled" in row["errors"]
+
+    async def take_lock() -> object:
+        async with Database(daemon.db_path) as db:
+            return await SqliteLocks(db, SystemClock(), "other:1:abcdef").acquire(
+                "warmup:ai-explanations:lock", 3_000
+            )
+
+    assert isinstance(asyncio.run(take_lock()), Acquired)
+    assert "daemon.state" in daemon.logs()
+
+
+def test_kill_9_then_restart_marks_abandoned_and_recovers(
+    tmp_path: Path, daemons: list[DaemonProcess], blackhole: str
+) -> None:
+    daemon = DaemonProcess(tmp_path, "crash", slow_ai(blackhole))
+    load_demo(daemon)
+    daemons.append(daemon.start())
+    status, body = daemon.trigger("warmup-ai-explanations")
+    assert status == 202
+    run_id = body["runId"]
+    time.sleep(0.3)
+    daemon.kill()
+    conn = sqlite3.connect(daemon.db_path)
+    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    conn.close()
+    # Restart with the builtin explainer: the next run must succeed once the dead lease expires.
+    daemon.write_config({**daemon.config, "ai": {"provider": "builtin"}, "locks": {"lease": "3s"}})
+    daemon.start()
+    assert run_row(daemon.db_path, run_id)["status"] == "abandoned"
+
+    def next_run() -> dict[str, object] | None:
+        code, record = daemon.trigger("warmup-ai-explanations", wait=True)
+        return record if code == 200 else None
+
+    record = wait_until(next_run, timeout_s=15, interval_s=0.5)
+    assert record["status"] == "success"
+    assert record["processed"] >= 1
+    assert daemon.stop() == 0
+
+
+def test_sighup_applies_a_valid_schedule_and_rejects_an_invalid_one(
+    tmp_path: Path, daemons: list[DaemonProcess]
+) -> None:
+    daemon = DaemonProcess(tmp_path, "hup")
+    daemons.append(daemon.start())
+
+    def next_run(job: str) -> str:
+        jobs = daemon.request("GET", "/api/jobs")[1]
+        return next(j for j in jobs if j["name"] == job)["nextRunAt"]
+
+    before = next_run("housekeeping")
+    assert before.endswith(":17:00.000Z")
+    changed = {**daemon.config}
+    changed["jobs"] = {**changed["jobs"], "housekeeping": {"schedule": "43 * * * *"}}
+    daemon.write_config(changed)
+    daemon.send(signal.SIGHUP)
+    wait_until(lambda: next_run("housekeeping").endswith(":43:00.000Z"))
+    broken = {**changed, "jobs": {**changed["jobs"], "housekeeping": {"schedule": "0 25 * * *"}}}
+    daemon.write_config(broken)
+    daemon.send(signal.SIGHUP)
+    wait_until(lambda: "config.reload_rejected" in daemon.logs())
+    assert "jobs.housekeeping.schedule" in daemon.logs()
+    assert next_run("housekeeping").endswith(":43:00.000Z")
+    assert daemon.request("GET", "/healthz")[0] == 200
+    assert daemon.stop() == 0
