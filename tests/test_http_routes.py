@@ -249,8 +249,10 @@ async def test_trigger_wait_returns_finished_record(make_client: ClientFactory) 
     client = await make_client()
     status, data, _ = await call(client, "POST", "/api/jobs/housekeeping?wait=true", None, J)
     assert status == 200
-    assert data["status"] == "success" and data["job"] == "housekeeping"
-    assert data["startedAt"].endswith("Z") and data["finishedAt"].endswith("Z")
+    assert data["status"] == "success"
+    assert data["job"] == "housekeeping"
+    assert data["startedAt"].endswith("Z")
+    assert data["finishedAt"].endswith("Z")
     assert set(data) == {
         "id", "job", "status", "reason", "trigger", "node", "startedAt", "finishedAt",
         "durationMs", "processed", "skipped", "failed", "errors", "metadata",
@@ -300,7 +302,8 @@ async def test_client_disconnect_never_cancels_the_run(
     assert handle.finish is not None
     handle.finish.set()
     await asyncio.sleep(0)
-    assert handle.completed and not handle.cancelled
+    assert handle.completed
+    assert not handle.cancelled
 
 
 # --------------------------------------------------------------------------- runs
@@ -377,7 +380,8 @@ async def test_upsert_201_then_200(make_client: ClientFactory, fakes: FakeServic
     client = await make_client()
     status, data, _ = await call(client, "PUT", "/api/comparisons/new-one", GOOD_COMPARISON, J)
     assert status == 201
-    assert data["slug"] == "new-one" and len(data["dataHash"]) == 16
+    assert data["slug"] == "new-one"
+    assert len(data["dataHash"]) == 16
     status, data2, _ = await call(client, "PUT", "/api/comparisons/new-one", GOOD_COMPARISON, J)
     assert (status, data2["dataHash"]) == (200, data["dataHash"])
 
