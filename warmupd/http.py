@@ -173,8 +173,9 @@ async def read_json(request: web.Request, *, required: bool) -> object:
         chunks.append(chunk)
     raw = b"".join(chunks)
     if not raw.strip():
-        if required:
-            raise InvalidRequest("body", "a JSON body is required")
+        # A declared JSON body that is empty is not "no body": it is invalid JSON.
+        if required or "Content-Type" in request.headers:
+            raise InvalidRequest("body", "a JSON object is required")
         return None
     ctype = request.content_type
     if ctype != "application/json" and not ctype.endswith("+json"):
@@ -184,7 +185,7 @@ async def read_json(request: web.Request, *, required: bool) -> object:
     except UnicodeDecodeError:
         raise InvalidRequest("body", "is not valid UTF-8") from None
     try:
-        return json.loads(text, parse_constant=_reject_nan)
+        value = json.loads(text, parse_constant=_reject_nan)
     except json.JSONDecodeError as exc:
         raise InvalidRequest(
             "body", f"malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
@@ -193,6 +194,10 @@ async def read_json(request: web.Request, *, required: bool) -> object:
         raise InvalidRequest(
             "body", "is not acceptable JSON (too deep or too long a number)"
         ) from None
+    if value is None:
+        # An explicit ``null`` is a body, and not an object; only an absent body means "defaults".
+        raise InvalidRequest("body", "must be a JSON object")
+    return value
 
 
 def _guarded(scope: Scope, handler: Handler) -> Handler:
@@ -340,6 +345,15 @@ ROUTES: tuple[tuple[str, str, Handler, Scope], ...] = (
 )
 """Every route: method, path template, handler, who may call it (SPEC §9)."""
 
+# SPEC §9 puts fixed paths beside templates of other methods (``GET /api/jobs/runs`` next to
+# ``POST /api/jobs/{job}``, ``POST /api/comparison/warmup`` next to ``GET /api/comparison/{slug}``).
+# Excluding the fixed segment from the template keeps ``Allow`` exact and makes ``POST
+# /api/jobs/runs`` a 405 instead of "unknown job"; the metrics label is still the plain template.
+_ROUTE_PATTERNS = {
+    "/api/jobs/{job}": "/api/jobs/{job:(?!runs$)[^{}/]+}",
+    "/api/comparison/{slug}": "/api/comparison/{slug:(?!warmup$)[^{}/]+}",
+}
+
 
 def create_app(
     status_provider: StatusProvider,
@@ -372,5 +386,5 @@ def create_app(
     )
     for method, path, handler, scope in ROUTES:
         # HEAD on GET routes would be an undocumented method; 405 keeps the surface exact.
-        app.router.add_route(method, path, _guarded(scope, handler))
+        app.router.add_route(method, _ROUTE_PATTERNS.get(path, path), _guarded(scope, handler))
     return app

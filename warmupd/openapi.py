@@ -36,6 +36,9 @@ _TIME_OR_NULL: Schema = {"type": ["string", "null"], "format": "date-time"}
 _FRESHNESS: Schema = {"enum": ["fresh", "stale", "missing"]}
 _RUN_STATUS = ["running", "success", "failed", "skipped", "cancelled", "abandoned"]
 _SHORT = {"type": "string", "maxLength": 64}
+# What schemas.expect_str enforces: no control characters, and (unless empty is allowed) not blank.
+_NO_CONTROL = r"^[^\x00-\x1f]*$"
+_NON_BLANK = r"^[^\x00-\x1f]*[^\x00-\x1f\s][^\x00-\x1f]*$"
 
 
 def _ref(name: str) -> Schema:
@@ -159,13 +162,19 @@ SCHEMAS: dict[str, Schema] = {
         {
             "terms": {
                 "type": "array",
-                "items": {"type": "string", "minLength": 1, "maxLength": MAX_TERM_CHARS},
+                "items": {
+                    "type": "string",
+                    "maxLength": MAX_TERM_CHARS,
+                    "pattern": _NON_BLANK,
+                    "not": {"const": "date"},
+                },
                 "minItems": 2,
                 "maxItems": 2,
+                "uniqueItems": True,
             },
-            "timeframe": {**_SHORT, "minLength": 1},
-            "geo": _SHORT,
-            "category": _SHORT,
+            "timeframe": {**_SHORT, "pattern": _NON_BLANK},
+            "geo": {**_SHORT, "pattern": _NO_CONTROL},
+            "category": {**_SHORT, "pattern": _NO_CONTROL},
             "series": {
                 "type": "array",
                 "maxItems": MAX_POINTS,
@@ -174,7 +183,10 @@ SCHEMAS: dict[str, Schema] = {
                     "required": ["date"],
                     "properties": {"date": {"type": "string", "format": "date"}},
                     "additionalProperties": {"type": "number", "minimum": 0, "maximum": 100},
-                    "description": "the date and one value per term, dates ascending",
+                    "description": (
+                        "the date and exactly one value per term; dates strictly ascending "
+                        "(not expressible here: the server answers 400 naming series[i])"
+                    ),
                 },
             },
         },

@@ -48,7 +48,13 @@ def expect_object(
 
 
 def expect_int(value: object, field: str, lo: int, hi: int) -> int:
-    """An integer in ``[lo, hi]`` (booleans and floats are rejected)."""
+    """An integer in ``[lo, hi]``.
+
+    Booleans and fractional numbers are rejected; ``10.0`` is accepted as 10 because JSON Schema
+    (and so the OpenAPI document) counts a number with a zero fraction as an integer.
+    """
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidRequest(field, "must be an integer")
     if not lo <= value <= hi:
@@ -226,8 +232,6 @@ def parse_views(body: object) -> tuple[int, int | None]:
             at_ms = iso_to_ms(at)
         except (ValueError, OverflowError, OSError):
             raise InvalidRequest("at", f"{at!r} is not an ISO-8601 timestamp") from None
-        if at_ms < 0:
-            raise InvalidRequest("at", "must not be before 1970-01-01")
     return count, at_ms
 
 
