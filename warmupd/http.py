@@ -172,13 +172,15 @@ async def read_json(request: web.Request, *, required: bool) -> object:
             raise PayloadTooLarge(f"the request body exceeds {limit} bytes")
         chunks.append(chunk)
     raw = b"".join(chunks)
+    ctype = request.content_type
+    is_json = ctype == "application/json" or ctype.endswith("+json")
     if not raw.strip():
-        # A declared JSON body that is empty is not "no body": it is invalid JSON.
-        if required or "Content-Type" in request.headers:
+        # An empty body declared as JSON is invalid JSON, not "no body" (clients such as aiohttp
+        # label a bodiless POST application/octet-stream, which stays "no body").
+        if required or is_json:
             raise InvalidRequest("body", "a JSON object is required")
         return None
-    ctype = request.content_type
-    if ctype != "application/json" and not ctype.endswith("+json"):
+    if not is_json:
         raise UnsupportedMediaType(f"the body must be application/json, not {ctype[:80]}")
     try:
         text = raw.decode("utf-8")
