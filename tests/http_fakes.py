@@ -4,12 +4,16 @@ be told to raise any error, so the edge can be tested without a database or a ru
 from __future__ import annotations
 
 import asyncio
+import threading
 from dataclasses import dataclass, field, replace
 from typing import Any
+
+from aiohttp import web
 
 from warmupd.clock import ms_to_iso
 from warmupd.config import Secrets
 from warmupd.errors import AlreadyRunning, NotFound, StaleDataHash, WarmupdError
+from warmupd.http import create_app
 from warmupd.models import Comparison, RunRecord, RunStatus, Trigger
 
 JOB_SECRET = "job-secret-0123456789abcdef"
@@ -283,3 +287,43 @@ class FakeServices:
             "comparisons": self.comparisons,
             "secrets": self.current_secrets,
         }
+
+
+class ThreadServer:
+    """The app with fakes on a loopback port, served from its own thread and event loop.
+
+    schemathesis calls the server synchronously, so the server cannot share the test's loop.
+    """
+
+    def __init__(self, fakes: FakeServices | None = None) -> None:
+        self.fakes = fakes or FakeServices()
+        self.loop = asyncio.new_event_loop()
+        self.ready = threading.Event()
+        self.port = 0
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.runner: web.AppRunner | None = None
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        fakes = self.fakes
+        app = create_app(fakes.status, **fakes.app_kwargs(), max_body_bytes=1_048_576)
+        self.runner = web.AppRunner(app, handle_signals=False)
+        self.loop.run_until_complete(self.runner.setup())
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        self.loop.run_until_complete(site.start())
+        server = site._server
+        assert server is not None
+        self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.ready.set()
+        self.loop.run_forever()
+        self.loop.run_until_complete(self.runner.cleanup())
+        self.loop.close()
+
+    def __enter__(self) -> str:
+        self.thread.start()
+        self.ready.wait(10)
+        return f"http://127.0.0.1:{self.port}"
+
+    def __exit__(self, *exc: object) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)

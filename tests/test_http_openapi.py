@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
-import threading
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import schemathesis
-from aiohttp import web
 from hypothesis import HealthCheck, settings
 from openapi_spec_validator import validate
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from tests.http_fakes import JOB_SECRET, FakeServices
+from tests.http_fakes import JOB_SECRET, FakeServices, ThreadServer
 from warmupd.http import ROUTES, create_app
 from warmupd.openapi import openapi_document
 
@@ -41,45 +38,6 @@ async def test_served_document_is_the_document(aiohttp_client: Any) -> None:
     client = await aiohttp_client(create_app(fakes.status, **fakes.app_kwargs()))
     resp = await client.get("/api/openapi.json")
     assert await resp.json() == openapi_document()
-
-
-class ThreadServer:
-    """The app with fakes on a loopback port, served from its own thread and event loop.
-
-    schemathesis calls the server synchronously, so the server cannot share the test's loop.
-    """
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.ready = threading.Event()
-        self.port = 0
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.runner: web.AppRunner | None = None
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        fakes = FakeServices()
-        app = create_app(fakes.status, **fakes.app_kwargs(), max_body_bytes=1_048_576)
-        self.runner = web.AppRunner(app, handle_signals=False)
-        self.loop.run_until_complete(self.runner.setup())
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        self.loop.run_until_complete(site.start())
-        server = site._server
-        assert server is not None
-        self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.ready.set()
-        self.loop.run_forever()
-        self.loop.run_until_complete(self.runner.cleanup())
-        self.loop.close()
-
-    def __enter__(self) -> str:
-        self.thread.start()
-        self.ready.wait(10)
-        return f"http://127.0.0.1:{self.port}"
-
-    def __exit__(self, *exc: object) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
 
 
 @pytest.fixture(scope="module")
