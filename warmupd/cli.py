@@ -226,6 +226,107 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return _run_async(serve(cfg, log_format=args.log_format, log_level=args.log_level))
 
 
+# --------------------------------------------------------------------------- daemon client commands
+
+_RUN_EXIT = {"success": 0, "skipped": 3}
+
+
+def _client(args: argparse.Namespace) -> tuple[Any, Callable[..., Any]]:
+    from warmupd.client import DaemonClient, default_url
+
+    cfg = _load(args)
+    url = args.url or default_url(cfg)
+    return url, lambda: DaemonClient(
+        url, job_secret=cfg.secrets.job, warmup_secret=cfg.secrets.warmup
+    )
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2))
+
+
+def cmd_trigger(args: argparse.Namespace) -> int:
+    """Trigger a job on the running daemon; with ``--wait`` print the finished run."""
+    from warmupd.client import runs_table
+
+    _, make = _client(args)
+
+    async def go() -> int:
+        async with make() as client:
+            data = await client.trigger(
+                args.job, wait=args.wait, limit=args.limit, concurrency=args.concurrency
+            )
+        if args.json:
+            _print_json(data)
+        elif args.wait:
+            print(runs_table([data]))
+        else:
+            print(f"started run {data['runId']} of {data['job']} ({data['statusUrl']})")
+        # Like ``run``: 0 success, 3 skipped, 1 anything else that finished badly.
+        return _RUN_EXIT.get(str(data.get("status")), 1) if args.wait else 0
+
+    return _run_async(go())
+
+
+def cmd_warmup(args: argparse.Namespace) -> int:
+    """Request an on-demand warmup of one comparison."""
+    from warmupd.schemas import validate_slug
+
+    try:
+        validate_slug(args.slug)
+    except WarmupdError as exc:
+        raise UsageError(str(exc)) from None
+    _, make = _client(args)
+
+    async def go() -> int:
+        async with make() as client:
+            data = await client.warmup(args.slug)
+        if args.json:
+            _print_json(data)
+        else:
+            where = f" ({data['statusUrl']})" if "statusUrl" in data else ""
+            print(f"{data.get('slug', args.slug)}: {data.get('status')}{where}")
+        return 0
+
+    return _run_async(go())
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Show the running daemon's status."""
+    from warmupd.client import status_text
+
+    _, make = _client(args)
+
+    async def go() -> int:
+        async with make() as client:
+            data = await client.status()
+        if args.json:
+            _print_json(data)
+        else:
+            print(status_text(data))
+        return 0
+
+    return _run_async(go())
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    """List recent runs of the running daemon."""
+    from warmupd.client import runs_table
+
+    _, make = _client(args)
+
+    async def go() -> int:
+        async with make() as client:
+            runs = await client.runs(job=args.job, status=args.status, limit=args.limit)
+        if args.json:
+            _print_json(runs)
+        else:
+            print(runs_table(runs) if runs else "no runs")
+        return 0
+
+    return _run_async(go())
+
+
 # --------------------------------------------------------------------------- parser
 
 
@@ -291,6 +392,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--after", help="ISO-8601 start instant (default now)")
     p.add_argument("-n", type=int, default=5)
     p.add_argument("--json", action="store_true")
+
+    def client_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--url", help="daemon base URL (default from the config's [http] section)")
+        p.add_argument("--json", action="store_true", help="print the daemon's JSON answer")
+
+    p = add("trigger", cmd_trigger, "trigger a job on the running daemon")
+    p.add_argument("job", metavar="JOB")
+    p.add_argument("--wait", action="store_true", help="wait for the run and print it")
+    p.add_argument("--limit", type=int)
+    p.add_argument("--concurrency", type=int)
+    client_options(p)
+
+    p = add("warmup", cmd_warmup, "request an on-demand warmup of one comparison")
+    p.add_argument("slug", metavar="SLUG")
+    client_options(p)
+
+    p = add("status", cmd_status, "show the running daemon's status")
+    client_options(p)
+
+    p = add("runs", cmd_runs, "list recent runs of the running daemon")
+    p.add_argument("--job")
+    p.add_argument(
+        "--status", choices=("running", "success", "failed", "skipped", "cancelled", "abandoned")
+    )
+    p.add_argument("--limit", type=int)
+    client_options(p)
     return parser
 
 

@@ -2,125 +2,71 @@
 
 Handlers parse → call a service → render. One middleware maps the error hierarchy to the envelope
 ``{"error": code, "message": ...}``, stamps ``X-Request-Id`` on every response and never lets a stack
-trace reach a client. Nothing here writes SQL or knows which lock backend is in use.
+trace reach a client. Nothing here writes SQL or knows which lock backend is in use. The service
+protocols live in :mod:`warmupd.services` and are re-exported here.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 import secrets as pysecrets
+import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
 
-from warmupd.errors import Busy, WarmupdError
-from warmupd.models import Comparison, RunRecord, Trigger
+from warmupd import render, schemas
+from warmupd.auth import Scope, check_secret
+from warmupd.config import Secrets
+from warmupd.errors import (
+    Busy,
+    InvalidRequest,
+    NotFound,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    WarmupdError,
+)
+from warmupd.metrics import CONTENT_TYPE, Metrics
+from warmupd.models import Trigger
+from warmupd.openapi import openapi_document
+from warmupd.services import ComparisonsService, JobsService, RunHandle, StatusProvider
 
 log = logging.getLogger("warmupd.http")
+
+__all__ = [
+    "ROUTES",
+    "ComparisonsService",
+    "JobsService",
+    "RunHandle",
+    "Services",
+    "StatusProvider",
+    "create_app",
+]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-class StatusProvider(Protocol):
-    """What the status routes need."""
+@dataclass(frozen=True, kw_only=True)
+class Services:
+    """Everything the handlers reach, stored once on the application."""
 
-    async def status(self) -> dict[str, Any]:
-        """The ``GET /api/status`` document."""
-        ...
-
-    async def ready(self) -> tuple[bool, dict[str, Any]]:
-        """Readiness and the reasons behind it."""
-        ...
-
-
-class RunHandle(Protocol):
-    """A run that was started (or found running)."""
-
-    run_id: int
-    job: str
-
-    async def wait(self) -> RunRecord:
-        """Wait for the run to finish (shielded: a client disconnect never cancels a job)."""
-        ...
+    status: StatusProvider
+    jobs: JobsService
+    comparisons: ComparisonsService
+    secrets: Callable[[], Secrets]
+    """Called on every request: a SIGHUP reload may have replaced the secrets."""
+    read_auth: bool
+    max_body_bytes: int
+    metrics: Metrics
 
 
-class JobsService(Protocol):
-    """Job triggers, the job list and the run log."""
-
-    def job_names(self) -> list[str]:
-        """Every triggerable job."""
-        ...
-
-    async def trigger(
-        self,
-        job: str,
-        trigger: Trigger,
-        *,
-        limit: int | None = None,
-        concurrency: int | None = None,
-    ) -> RunHandle:
-        """Start a run now (the lock is taken before this returns).
-
-        :raises NotFound: unknown job.
-        :raises AlreadyRunning: this process runs it (``run_id`` is the running run).
-        :raises LockedElsewhere: another process holds its lock (a skipped run was recorded).
-        """
-        ...
-
-    async def jobs(self) -> list[dict[str, Any]]:
-        """``[{name, schedule, timezone, enabled, nextRunAt, lastRun, running}]`` (rendered)."""
-        ...
-
-    async def run(self, run_id: int) -> RunRecord | None:
-        """One run record."""
-        ...
-
-    async def runs(
-        self, *, job: str | None, status: str | None, limit: int, before: int | None
-    ) -> list[RunRecord]:
-        """Run records, newest first."""
-        ...
-
-
-class ComparisonsService(Protocol):
-    """Comparisons: writes, on-demand warmup and cache reads."""
-
-    async def upsert(self, comparison: Comparison) -> tuple[bool, str]:
-        """Insert or update; ``(created, dataHash)``."""
-        ...
-
-    async def add_views(self, slug: str, count: int, at_ms: int | None) -> dict[str, Any]:
-        """Add views; returns ``{slug, viewCount, lastVisited}``. :raises NotFound:"""
-        ...
-
-    async def request_warmup(self, slug: str, data_hash: str | None) -> dict[str, Any]:
-        """Fire-and-forget warmup; ``{slug, dataHash, status: queued|running|ready}``.
-
-        :raises NotFound: unknown slug.
-        :raises StaleDataHash: ``data_hash`` is not the current one.
-        :raises QueueFull: ``on_demand.max_queued`` reached.
-        """
-        ...
-
-    async def warmup_status(self, slug: str) -> dict[str, Any]:
-        """``{slug, dataHash, warmup, parts: {forecastA, forecastB, insights}, lastError?, updatedAt}``.
-
-        :raises NotFound:
-        """
-        ...
-
-    async def pack(self, slug: str) -> dict[str, Any]:
-        """The premium pack ``{slug, terms, dataHash, forecasts, insights, freshness, needsWarmup}``.
-
-        Schedules an on-demand warmup for missing parts and a background refresh for stale ones.
-        :raises NotFound:
-        """
-        ...
-
-
-SERVICES = web.AppKey("services", object)
-STATUS = web.AppKey("status", StatusProvider)
+SERVICES = web.AppKey("services", Services)
+_CHUNK_BYTES = 65_536
+_UNMATCHED = "unmatched"
 
 
 def json_response(
@@ -135,6 +81,33 @@ def error_body(code: str, message: str) -> dict[str, str]:
     return {"error": code, "message": message}
 
 
+def _busy_run_id(value: object) -> int | str | None:
+    # Busy.run_id is typed str in errors.py while run ids are integers everywhere else; render
+    # the number when it is one so clients see the same type as in the 202 answer.
+    if isinstance(value, str) and value.isdigit():
+        return int(value)
+    return value if isinstance(value, int | str) else None
+
+
+def _http_error(request: web.Request, exc: web.HTTPException) -> web.Response:
+    if exc.status == 404:
+        body = error_body("not_found", "no route matches this path")
+    elif exc.status == 405:
+        allowed = exc.headers.get("Allow", "")
+        body = error_body(
+            "method_not_allowed", f"{request.method} is not allowed here (allowed: {allowed})"
+        )
+    elif exc.status == 413:
+        body = error_body("payload_too_large", "the request body is too large")
+    else:
+        code = "invalid_request" if exc.status < 500 else "internal"
+        body = error_body(code, exc.reason)
+    response = json_response(body, status=exc.status)
+    if "Allow" in exc.headers:
+        response.headers["Allow"] = exc.headers["Allow"]
+    return response
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Map errors to the envelope; add ``X-Request-Id``."""
@@ -147,16 +120,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         headers = {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, Busy) else None
         body: dict[str, Any] = error_body(exc.code, exc.message)
         if isinstance(exc, Busy) and exc.run_id is not None:
-            body["runId"] = exc.run_id
+            body["runId"] = _busy_run_id(exc.run_id)
         response = json_response(body, status=exc.http_status, headers=headers)
     except web.HTTPException as exc:
-        code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(
-            exc.status, "invalid_request" if exc.status < 500 else "internal"
-        )
-        response = json_response(error_body(code, exc.reason), status=exc.status)
-        for name in ("Allow",):
-            if name in exc.headers:
-                response.headers[name] = exc.headers[name]
+        response = _http_error(request, exc)
     except Exception:
         log.exception("unhandled error", extra={"request_id": request_id, "path": request.path})
         response = json_response(
@@ -166,6 +133,93 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     return response
 
 
+@web.middleware
+async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Count responses by route *template* and code, and time them (outside the error mapping)."""
+    started = time.monotonic()
+    response = await handler(request)
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else _UNMATCHED
+    metrics = request.app[SERVICES].metrics
+    metrics.http_requests.inc(route=route, code=str(response.status))
+    metrics.http_request_duration.observe(time.monotonic() - started, route=route)
+    return response
+
+
+def _query(request: web.Request) -> dict[str, list[str]]:
+    return {key: request.query.getall(key) for key in set(request.query.keys())}
+
+
+def _reject_nan(text: str) -> float:
+    raise InvalidRequest("body", f"{text} is not valid JSON (numbers must be finite)")
+
+
+async def read_json(request: web.Request, *, required: bool) -> object:
+    """Read and decode a JSON body, enforcing ``max_body_bytes`` before and while reading.
+
+    :returns: the decoded value, or ``None`` for an absent body when ``required`` is false.
+    :raises PayloadTooLarge, UnsupportedMediaType, InvalidRequest:
+    """
+    limit = request.app[SERVICES].max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(f"the request body exceeds {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    # Content-Length may be absent (chunked) or lie; count what actually arrives.
+    async for chunk in request.content.iter_chunked(_CHUNK_BYTES):
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"the request body exceeds {limit} bytes")
+        chunks.append(chunk)
+    raw = b"".join(chunks)
+    ctype = request.content_type
+    is_json = ctype == "application/json" or ctype.endswith("+json")
+    if not raw.strip():
+        # An empty body declared as JSON is invalid JSON, not "no body" (clients such as aiohttp
+        # label a bodiless POST application/octet-stream, which stays "no body").
+        if required or is_json:
+            raise InvalidRequest("body", "a JSON object is required")
+        return None
+    if not is_json:
+        raise UnsupportedMediaType(f"the body must be application/json, not {ctype[:80]}")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidRequest("body", "is not valid UTF-8") from None
+    try:
+        value = json.loads(text, parse_constant=_reject_nan)
+    except json.JSONDecodeError as exc:
+        raise InvalidRequest(
+            "body", f"malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
+        ) from None
+    except (ValueError, RecursionError):
+        raise InvalidRequest(
+            "body", "is not acceptable JSON (too deep or too long a number)"
+        ) from None
+    if value is None:
+        # An explicit ``null`` is a body, and not an object; only an absent body means "defaults".
+        raise InvalidRequest("body", "must be a JSON object")
+    return value
+
+
+def _guarded(scope: Scope, handler: Handler) -> Handler:
+    """Validate path parameters, then check the secret, then run ``handler``."""
+
+    async def guarded(request: web.Request) -> web.StreamResponse:
+        if "slug" in request.match_info:
+            schemas.validate_slug(request.match_info["slug"])
+        if "job" in request.match_info:
+            schemas.validate_job_name(request.match_info["job"])
+        services = request.app[SERVICES]
+        check_secret(scope, request.headers, services.secrets(), read_auth=services.read_auth)
+        return await handler(request)
+
+    return guarded
+
+
+# --------------------------------------------------------------------------- handlers
+
+
 async def healthz(request: web.Request) -> web.Response:
     """200 while the event loop runs."""
     return json_response({"status": "ok"})
@@ -173,24 +227,166 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     """200 when the DB is open and locks are usable; else 503."""
-    ready, detail = await request.app[STATUS].ready()
+    ready, detail = await request.app[SERVICES].status.ready()
     return json_response(
-        {"status": "ready" if ready else "not_ready", **detail}, status=200 if ready else 503
+        {**detail, "status": "ready" if ready else "not_ready"}, status=200 if ready else 503
     )
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text exposition."""
+    text = await request.app[SERVICES].metrics.collect()
+    response = web.Response(text=text)
+    response.headers["Content-Type"] = CONTENT_TYPE
+    return response
+
+
+async def openapi(request: web.Request) -> web.Response:
+    """The OpenAPI 3.1 document."""
+    return json_response(openapi_document())
 
 
 async def status(request: web.Request) -> web.Response:
     """The daemon's status document."""
-    return json_response(await request.app[STATUS].status())
+    return json_response(await request.app[SERVICES].status.status())
+
+
+async def trigger_job(request: web.Request) -> web.Response:
+    """Start a run: 202 at once, or 200 with the finished record under ``?wait=true``."""
+    wait = schemas.parse_flag(_query(request), "wait", {"wait"})
+    body = schemas.parse_trigger(await read_json(request, required=False))
+    jobs = request.app[SERVICES].jobs
+    handle = await jobs.trigger(
+        request.match_info["job"], Trigger.HTTP, limit=body.limit, concurrency=body.concurrency
+    )
+    if wait:
+        # shield: if the client goes away and the handler is cancelled, the run is not.
+        record = await asyncio.shield(handle.wait())
+        return json_response(render.run_json(record))
+    url = render.run_url(handle.run_id)
+    return json_response(
+        render.trigger_accepted(handle.run_id, handle.job), status=202, headers={"Location": url}
+    )
+
+
+async def list_jobs(request: web.Request) -> web.Response:
+    """Every job with its schedule, next fire and last run."""
+    return json_response({"jobs": await request.app[SERVICES].jobs.jobs()})
+
+
+async def list_runs(request: web.Request) -> web.Response:
+    """Run records, newest first, filtered and paged by ``before``."""
+    q = schemas.parse_runs_query(_query(request))
+    records = await request.app[SERVICES].jobs.runs(
+        job=q.job, status=q.status, limit=q.limit, before=q.before
+    )
+    runs = [render.run_json(r) for r in records]
+    next_before = runs[-1]["id"] if len(runs) == q.limit else None
+    return json_response({"runs": runs, "nextBefore": next_before})
+
+
+async def get_run(request: web.Request) -> web.Response:
+    """One run record."""
+    run_id = schemas.validate_run_id(request.match_info["id"])
+    record = await request.app[SERVICES].jobs.run(run_id)
+    if record is None:
+        raise NotFound(f"no run with id {run_id}")
+    return json_response(render.run_json(record))
+
+
+async def request_warmup(request: web.Request) -> web.Response:
+    """Queue an on-demand warmup; never waits for the computation."""
+    slug, data_hash = schemas.parse_warmup(await read_json(request, required=True))
+    answer = await request.app[SERVICES].comparisons.request_warmup(slug, data_hash)
+    code, body = render.warmup_answer(answer)
+    return json_response(body, status=code)
+
+
+async def warmup_status(request: web.Request) -> web.Response:
+    """The warmup state of one comparison."""
+    slug = request.match_info["slug"]
+    return json_response(await request.app[SERVICES].comparisons.warmup_status(slug))
+
+
+async def get_pack(request: web.Request) -> web.Response:
+    """The premium pack (a read; may schedule a warmup or a refresh)."""
+    slug = request.match_info["slug"]
+    return json_response(await request.app[SERVICES].comparisons.pack(slug))
+
+
+async def upsert_comparison(request: web.Request) -> web.Response:
+    """Insert or update a comparison: 201 when new, 200 when updated."""
+    slug = request.match_info["slug"]
+    comparison = schemas.parse_comparison(slug, await read_json(request, required=True))
+    created, data_hash = await request.app[SERVICES].comparisons.upsert(comparison)
+    return json_response({"slug": slug, "dataHash": data_hash}, status=201 if created else 200)
+
+
+async def add_views(request: web.Request) -> web.Response:
+    """Add views and set ``lastVisited``."""
+    slug = request.match_info["slug"]
+    count, at_ms = schemas.parse_views(await read_json(request, required=False))
+    return json_response(await request.app[SERVICES].comparisons.add_views(slug, count, at_ms))
+
+
+ROUTES: tuple[tuple[str, str, Handler, Scope], ...] = (
+    ("GET", "/healthz", healthz, Scope.NONE),
+    ("GET", "/readyz", readyz, Scope.NONE),
+    ("GET", "/metrics", metrics, Scope.NONE),
+    ("GET", "/api/openapi.json", openapi, Scope.NONE),
+    ("GET", "/api/status", status, Scope.READ),
+    ("GET", "/api/jobs", list_jobs, Scope.READ),
+    ("GET", "/api/jobs/runs", list_runs, Scope.READ),
+    ("GET", "/api/jobs/runs/{id}", get_run, Scope.READ),
+    ("POST", "/api/jobs/{job}", trigger_job, Scope.JOB),
+    ("POST", "/api/comparison/warmup", request_warmup, Scope.WARMUP),
+    ("GET", "/api/comparison/{slug}/status", warmup_status, Scope.READ),
+    ("GET", "/api/comparison/{slug}", get_pack, Scope.READ),
+    ("PUT", "/api/comparisons/{slug}", upsert_comparison, Scope.JOB),
+    ("POST", "/api/comparisons/{slug}/views", add_views, Scope.JOB),
+)
+"""Every route: method, path template, handler, who may call it (SPEC §9)."""
+
+# SPEC §9 puts fixed paths beside templates of other methods (``GET /api/jobs/runs`` next to
+# ``POST /api/jobs/{job}``, ``POST /api/comparison/warmup`` next to ``GET /api/comparison/{slug}``).
+# Excluding the fixed segment from the template keeps ``Allow`` exact and makes ``POST
+# /api/jobs/runs`` a 405 instead of "unknown job"; the metrics label is still the plain template.
+_ROUTE_PATTERNS = {
+    "/api/jobs/{job}": "/api/jobs/{job:(?!runs$)[^{}/]+}",
+    "/api/comparison/{slug}": "/api/comparison/{slug:(?!warmup$)[^{}/]+}",
+}
 
 
 def create_app(
-    status_provider: StatusProvider, *, max_body_bytes: int = 1_048_576
+    status_provider: StatusProvider,
+    *,
+    jobs: JobsService,
+    comparisons: ComparisonsService,
+    secrets: Callable[[], Secrets],
+    read_auth: bool = False,
+    max_body_bytes: int = 1_048_576,
+    metrics: Metrics | None = None,
 ) -> web.Application:
-    """Build the application around its services."""
-    app = web.Application(middlewares=[error_middleware], client_max_size=max_body_bytes)
-    app[STATUS] = status_provider
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/api/status", status)
+    """Build the application around its services.
+
+    :param secrets: returns the current secrets; called per request so a reload takes effect at once.
+    :param metrics: where HTTP metrics go and what ``/metrics`` serves (a private one if omitted).
+    """
+    if max_body_bytes < 1:
+        raise ValueError("max_body_bytes must be positive")
+    app = web.Application(
+        middlewares=[metrics_middleware, error_middleware], client_max_size=max_body_bytes
+    )
+    app[SERVICES] = Services(
+        status=status_provider,
+        jobs=jobs,
+        comparisons=comparisons,
+        secrets=secrets,
+        read_auth=read_auth,
+        max_body_bytes=max_body_bytes,
+        metrics=metrics if metrics is not None else Metrics(),
+    )
+    for method, path, handler, scope in ROUTES:
+        # HEAD on GET routes would be an undocumented method; 405 keeps the surface exact.
+        app.router.add_route(method, _ROUTE_PATTERNS.get(path, path), _guarded(scope, handler))
     return app

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
 
+from warmupd.clock import iso_to_ms
 from warmupd.errors import InvalidRequest
 from warmupd.models import Comparison
 
@@ -45,7 +48,13 @@ def expect_object(
 
 
 def expect_int(value: object, field: str, lo: int, hi: int) -> int:
-    """An integer in ``[lo, hi]`` (booleans and floats are rejected)."""
+    """An integer in ``[lo, hi]``.
+
+    Booleans and fractional numbers are rejected; ``10.0`` is accepted as 10 because JSON Schema
+    (and so the OpenAPI document) counts a number with a zero fraction as an integer.
+    """
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidRequest(field, "must be an integer")
     if not lo <= value <= hi:
@@ -142,3 +151,146 @@ def parse_comparison(slug: str, body: object) -> Comparison:
         category=category,
         series=tuple(points),
     )
+
+
+# --------------------------------------------------------------------------- HTTP bodies and queries
+
+DATA_HASH_RE = re.compile(r"^[0-9a-f]{16}$")
+JOB_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+MAX_TRIGGER_LIMIT = 1000
+MAX_TRIGGER_CONCURRENCY = 64
+MAX_VIEWS = 1_000_000
+MAX_RUNS_LIMIT = 500
+DEFAULT_RUNS_LIMIT = 50
+_MAX_RUN_ID = 2**63 - 1
+_RUN_STATUSES = ("running", "success", "failed", "skipped", "cancelled", "abandoned")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TriggerBody:
+    """A validated ``POST /api/jobs/{job}`` body (both fields optional)."""
+
+    limit: int | None = None
+    concurrency: int | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunsQuery:
+    """A validated ``GET /api/jobs/runs`` query."""
+
+    job: str | None = None
+    status: str | None = None
+    limit: int = DEFAULT_RUNS_LIMIT
+    before: int | None = None
+
+
+def validate_job_name(value: object, field: str = "job") -> str:
+    """A job name as the config allows it: 1–64 characters of ``[a-z0-9_-]``."""
+    if not isinstance(value, str) or not JOB_NAME_RE.match(value):
+        raise InvalidRequest(field, "must be 1-64 characters of a-z, 0-9, '_' and '-'")
+    return value
+
+
+def validate_run_id(value: str, field: str = "id") -> int:
+    """A run id from a path or query string: a positive decimal integer."""
+    if not (value.isascii() and value.isdigit()) or len(value) > 19:
+        raise InvalidRequest(field, "must be a positive integer")
+    run_id = int(value)
+    if not 1 <= run_id <= _MAX_RUN_ID:
+        raise InvalidRequest(field, "must be a positive integer")
+    return run_id
+
+
+def parse_trigger(body: object) -> TriggerBody:
+    """Validate an optional job trigger body ``{limit?: 1–1000, concurrency?: 1–64}``."""
+    if body is None:
+        return TriggerBody()
+    obj = expect_object(body, "", {"limit", "concurrency"})
+    return TriggerBody(
+        limit=expect_int(obj["limit"], "limit", 1, MAX_TRIGGER_LIMIT) if "limit" in obj else None,
+        concurrency=(
+            expect_int(obj["concurrency"], "concurrency", 1, MAX_TRIGGER_CONCURRENCY)
+            if "concurrency" in obj
+            else None
+        ),
+    )
+
+
+def parse_views(body: object) -> tuple[int, int | None]:
+    """Validate a views body ``{count?: 1–10^6, at?: ISO-8601}`` into ``(count, at_ms)``.
+
+    ``count`` defaults to 1 (one visit); ``at`` defaults to "now" (``None``, decided by the service).
+    """
+    obj = expect_object({} if body is None else body, "", {"count", "at"})
+    count = expect_int(obj["count"], "count", 1, MAX_VIEWS) if "count" in obj else 1
+    at_ms: int | None = None
+    if "at" in obj:
+        at = obj["at"]
+        if not isinstance(at, str) or len(at) > 40:
+            raise InvalidRequest("at", "must be an ISO-8601 timestamp string")
+        try:
+            at_ms = iso_to_ms(at)
+        except (ValueError, OverflowError, OSError):
+            raise InvalidRequest("at", f"{at!r} is not an ISO-8601 timestamp") from None
+    return count, at_ms
+
+
+def parse_warmup(body: object) -> tuple[str, str | None]:
+    """Validate an on-demand warmup body ``{slug, dataHash?}``."""
+    obj = expect_object(body, "", {"slug", "dataHash"}, {"slug"})
+    slug = validate_slug(obj["slug"])
+    data_hash_: str | None = None
+    if "dataHash" in obj:
+        value = obj["dataHash"]
+        if not isinstance(value, str) or not DATA_HASH_RE.match(value):
+            raise InvalidRequest("dataHash", "must be 16 lowercase hexadecimal characters")
+        data_hash_ = value
+    return slug, data_hash_
+
+
+def _single(query: Mapping[str, list[str]], name: str) -> str | None:
+    values = query.get(name, [])
+    if len(values) > 1:
+        raise InvalidRequest(name, "must be given at most once")
+    return values[0] if values else None
+
+
+def parse_runs_query(query: Mapping[str, list[str]]) -> RunsQuery:
+    """Validate the run-list query ``job, status, limit (1–500, default 50), before (runId)``.
+
+    ``query`` maps each parameter to all its values, so a repeated parameter is an error rather than
+    silently taking one of them.
+    """
+    for name in query:
+        if name not in {"job", "status", "limit", "before"}:
+            raise InvalidRequest(name, "unknown query parameter")
+    job = _single(query, "job")
+    status = _single(query, "status")
+    limit_text = _single(query, "limit")
+    before_text = _single(query, "before")
+    if status is not None and status not in _RUN_STATUSES:
+        raise InvalidRequest("status", f"must be one of {', '.join(_RUN_STATUSES)}")
+    limit = DEFAULT_RUNS_LIMIT
+    if limit_text is not None:
+        if not (limit_text.isascii() and limit_text.isdigit()) or len(limit_text) > 6:
+            raise InvalidRequest("limit", "must be an integer")
+        limit = expect_int(int(limit_text), "limit", 1, MAX_RUNS_LIMIT)
+    return RunsQuery(
+        job=validate_job_name(job) if job is not None else None,
+        status=status,
+        limit=limit,
+        before=validate_run_id(before_text, "before") if before_text is not None else None,
+    )
+
+
+def parse_flag(query: Mapping[str, list[str]], name: str, allowed: set[str]) -> bool:
+    """A boolean query flag (``true``/``false``/``1``/``0``); other parameters than ``allowed`` are errors."""
+    for key in query:
+        if key not in allowed:
+            raise InvalidRequest(key, "unknown query parameter")
+    text = _single(query, name)
+    if text is None:
+        return False
+    if text not in {"true", "false", "1", "0"}:
+        raise InvalidRequest(name, "must be true or false")
+    return text in {"true", "1"}
