@@ -138,7 +138,9 @@ class DaemonProcess:
 
     def trigger(self, job: str, *, wait: bool = False) -> tuple[int, Any]:
         status, body, _ = self.request(
-            "POST", f"/api/jobs/{job}" + ("?wait=true" if wait else ""), headers={"X-Job-Secret": JOB_SECRET}
+            "POST",
+            f"/api/jobs/{job}" + ("?wait=true" if wait else ""),
+            headers={"X-Job-Secret": JOB_SECRET},
         )
         return status, body
 
@@ -181,3 +183,22 @@ def wait_until(predicate: Any, timeout_s: float = 30.0, interval_s: float = 0.05
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout_s}s")
         time.sleep(interval_s)
+
+
+def load_demo(daemon: DaemonProcess, count: int = 6) -> None:
+    """``warmupd demo-data`` into the daemon's state file (a real CLI subprocess)."""
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "warmupd",
+            "demo-data",
+            "-c",
+            str(daemon.config_path),
+            "--count",
+            str(count),
+        ],
+        check=True,
+        env=worker_env(),
+        capture_output=True,
+    )

@@ -5,25 +5,16 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.daemon_support import DaemonProcess, wait_until
-from tests.lock_support import delete_prefix, new_prefix, require_redis, REDIS_URL
+from tests.lock_support import REDIS_URL, delete_prefix, new_prefix, require_redis
 
 pytestmark = pytest.mark.slow
 
 FIRES = 20
-
-
-@pytest.fixture
-def daemons() -> Iterator[list[DaemonProcess]]:
-    started: list[DaemonProcess] = []
-    yield started
-    for daemon in started:
-        daemon.kill()
 
 
 def every_second(extra: dict[str, object]) -> dict[str, object]:
@@ -44,7 +35,11 @@ def fired_runs(db_paths: list[Path]) -> list[dict[str, object]]:
         conn = sqlite3.connect(path)
         conn.row_factory = sqlite3.Row
         rows += [
-            {"status": r["status"], "node": r["node"], "due": json.loads(r["metadata"]).get("dueAt")}
+            {
+                "status": r["status"],
+                "node": r["node"],
+                "due": json.loads(r["metadata"]).get("dueAt"),
+            }
             for r in conn.execute(
                 "SELECT * FROM job_runs WHERE job = 'housekeeping' AND trigger = 'schedule'"
             )

@@ -7,50 +7,23 @@ import re
 import signal
 import socket
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.daemon_support import DaemonProcess, wait_until
-from tests.lock_support import worker_env
+from tests.daemon_support import (
+    DaemonProcess,
+    load_demo,
+    wait_until,
+)
+from warmupd.clock import SystemClock
 from warmupd.db import Database
 from warmupd.locks.sqlite import SqliteLocks
-from warmupd.clock import SystemClock
 from warmupd.models import Acquired
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def daemons() -> Iterator[list[DaemonProcess]]:
-    started: list[DaemonProcess] = []
-    yield started
-    for daemon in started:
-        daemon.kill()
-
-
-@pytest.fixture
-def blackhole() -> Iterator[str]:
-    """An "AI server" that accepts connections and never answers: items hang until cancelled."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(64)
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
-    sock.close()
-
-
-def load_demo(daemon: DaemonProcess, count: int = 6) -> None:
-    subprocess.run(
-        [sys.executable, "-m", "warmupd", "demo-data", "-c", str(daemon.config_path), "--count", str(count)],
-        check=True,
-        env=worker_env(),
-        capture_output=True,
-    )
 
 
 def slow_ai(url: str) -> dict[str, object]:
@@ -195,7 +168,7 @@ def test_sighup_applies_a_valid_schedule_and_rejects_an_invalid_one(
     daemons.append(daemon.start())
 
     def next_run(job: str) -> str:
-        jobs = daemon.request("GET", "/api/jobs")[1]
+        jobs = daemon.request("GET", "/api/jobs")[1]["jobs"]
         return next(j for j in jobs if j["name"] == job)["nextRunAt"]
 
     before = next_run("housekeeping")

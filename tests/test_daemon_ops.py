@@ -13,7 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemon_support import JOB_SECRET, WARMUP_SECRET, DaemonProcess, wait_until
+from tests.daemon_support import (
+    JOB_SECRET,
+    WARMUP_SECRET,
+    DaemonProcess,
+    load_demo,
+    wait_until,
+)
 from tests.lock_support import PrivateRedis
 
 pytestmark = pytest.mark.slow
@@ -40,14 +46,6 @@ SPEC_METRICS = (
 
 
 @pytest.fixture
-def daemons() -> Iterator[list[DaemonProcess]]:
-    started: list[DaemonProcess] = []
-    yield started
-    for daemon in started:
-        daemon.kill()
-
-
-@pytest.fixture
 def leaky_ai() -> Iterator[str]:
     """An OpenAI-compatible server that answers 401 and echoes the key it was sent."""
 
@@ -55,7 +53,11 @@ def leaky_ai() -> Iterator[str]:
         def do_POST(self) -> None:
             self.rfile.read(int(self.headers.get("Content-Length", "0")))
             body = json.dumps(
-                {"error": {"message": f"Incorrect API key provided: {self.headers.get('Authorization')}"}}
+                {
+                    "error": {
+                        "message": f"Incorrect API key provided: {self.headers.get('Authorization')}"
+                    }
+                }
             ).encode()
             self.send_response(401)
             self.send_header("Content-Type", "application/json")
@@ -107,7 +109,7 @@ def test_metrics_pass_promtool_and_cover_the_spec_after_a_run(
 
 
 def test_redis_dies_mid_run_daemon_degrades_to_sqlite_and_comes_back(
-    tmp_path: Path, daemons: list[DaemonProcess]
+    tmp_path: Path, daemons: list[DaemonProcess], blackhole: str
 ) -> None:
     redis = PrivateRedis(tmp_path)
     redis.start()
@@ -118,19 +120,39 @@ def test_redis_dies_mid_run_daemon_degrades_to_sqlite_and_comes_back(
             {
                 "redis": {"url": redis.url, "connect_timeout": "500ms", "on_unavailable": "sqlite"},
                 "locks": {"lease": "3s"},
+                # The AI server never answers, so an insights run is in progress when Redis dies.
+                "ai": {"provider": "openai", "base_url": blackhole, "model": "m"},
             },
         )
+        load_demo(daemon)
         daemons.append(daemon.start())
 
-        def metric(name: str) -> str | None:
+        def metric(name: str) -> float | None:
             text = daemon.request("GET", "/metrics")[1]
-            return next((line.split()[-1] for line in text.splitlines() if line.startswith(name + " ")), None)
+            return next(
+                (
+                    float(line.split()[-1])
+                    for line in text.splitlines()
+                    if line.startswith(name + " ")
+                ),
+                None,
+            )
 
-        assert metric("warmupd_redis_up") == "1"
+        assert metric("warmupd_redis_up") == 1
         _, record = daemon.trigger("housekeeping", wait=True)
         assert record["metadata"]["lockBackend"] == "redis"
+        code, started = daemon.trigger("warmup-ai-explanations")
+        assert code == 202
         redis.kill()
-        wait_until(lambda: metric("warmupd_redis_up") == "0", timeout_s=15)
+        # Renewal cannot reach Redis: the holder stops before its lease could have expired.
+        run = wait_until(
+            lambda: (
+                (r := daemon.request("GET", started["statusUrl"])[1])["status"] != "running" and r
+            ),
+            timeout_s=15,
+        )
+        assert (run["status"], run["reason"]) == ("failed", "lock_lost")
+        wait_until(lambda: metric("warmupd_redis_up") == 0, timeout_s=15)
         status = daemon.request("GET", "/api/status")[1]
         assert status["state"] == "degraded"
         assert status["locks"] == {"backend": "sqlite", "redis": "down"}
@@ -138,7 +160,7 @@ def test_redis_dies_mid_run_daemon_degrades_to_sqlite_and_comes_back(
         _, record = daemon.trigger("housekeeping", wait=True)
         assert (record["status"], record["metadata"]["lockBackend"]) == ("success", "sqlite")
         redis.start()  # same port: the daemon reconnects by itself
-        wait_until(lambda: metric("warmupd_redis_up") == "1", timeout_s=15)
+        wait_until(lambda: metric("warmupd_redis_up") == 1, timeout_s=15)
         _, record = daemon.trigger("housekeeping", wait=True)
         assert record["metadata"]["lockBackend"] == "redis"
         assert daemon.request("GET", "/api/status")[1]["state"] == "ok"
@@ -162,15 +184,30 @@ def test_no_secret_reaches_logs_status_metrics_or_the_database(
     from tests.lock_support import worker_env
 
     sp.run(
-        [sys.executable, "-m", "warmupd", "demo-data", "-c", str(daemon.config_path), "--count", "3"],
-        check=True, env=worker_env(), capture_output=True,
+        [
+            sys.executable,
+            "-m",
+            "warmupd",
+            "demo-data",
+            "-c",
+            str(daemon.config_path),
+            "--count",
+            "3",
+        ],
+        check=True,
+        env=worker_env(),
+        capture_output=True,
     )
     daemons.append(daemon.start())
     _, record = daemon.trigger("warmup-ai-explanations", wait=True)
     assert record["failed"] >= 1  # the AI server refused the key
     daemon.trigger("warmup-forecasts", wait=True)
-    daemon.request("POST", "/api/jobs/housekeeping", headers={"X-Job-Secret": "wrong-" + JOB_SECRET})
-    daemon.request("POST", "/api/comparison/warmup", {"slug": "x"}, {"X-Warmup-Secret": WARMUP_SECRET + "x"})
+    daemon.request(
+        "POST", "/api/jobs/housekeeping", headers={"X-Job-Secret": "wrong-" + JOB_SECRET}
+    )
+    daemon.request(
+        "POST", "/api/comparison/warmup", {"slug": "x"}, {"X-Warmup-Secret": WARMUP_SECRET + "x"}
+    )
     daemon.request("GET", "/api/comparison/iphone-vs-android")
     seen = [
         json.dumps(daemon.request("GET", path)[1])

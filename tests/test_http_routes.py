@@ -268,7 +268,7 @@ async def test_trigger_unknown_job_404(make_client: ClientFactory) -> None:
 @pytest.mark.parametrize(
     ("exc", "code", "run_id"),
     [
-        (AlreadyRunning("busy here", retry_after_s=7, run_id="42"), "already_running", 42),
+        (AlreadyRunning("busy here", retry_after_s=7, run_id=42), "already_running", 42),
         (LockedElsewhere("held by another node", retry_after_s=30), "locked_elsewhere", None),
     ],
 )

@@ -419,11 +419,11 @@ class Daemon:
 
         self.metrics.add_scrape_hook(next_runs)
         app = create_app(
-            status=status,
+            status,
             jobs=jobs,
             comparisons=comparisons,
             secrets=lambda: holder().secrets,
-            read_auth=lambda: holder().http.read_auth,
+            read_auth=cfg.http.read_auth,
             max_body_bytes=cfg.http.max_body_bytes,
             metrics=self.metrics,
         )

@@ -81,14 +81,6 @@ def error_body(code: str, message: str) -> dict[str, str]:
     return {"error": code, "message": message}
 
 
-def _busy_run_id(value: object) -> int | str | None:
-    # Busy.run_id is typed str in errors.py while run ids are integers everywhere else; render
-    # the number when it is one so clients see the same type as in the 202 answer.
-    if isinstance(value, str) and value.isdigit():
-        return int(value)
-    return value if isinstance(value, int | str) else None
-
-
 def _http_error(request: web.Request, exc: web.HTTPException) -> web.Response:
     if exc.status == 404:
         body = error_body("not_found", "no route matches this path")
@@ -120,7 +112,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         headers = {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, Busy) else None
         body: dict[str, Any] = error_body(exc.code, exc.message)
         if isinstance(exc, Busy) and exc.run_id is not None:
-            body["runId"] = _busy_run_id(exc.run_id)
+            body["runId"] = exc.run_id
         response = json_response(body, status=exc.http_status, headers=headers)
     except web.HTTPException as exc:
         response = _http_error(request, exc)
