@@ -133,7 +133,7 @@ class FakeJobs:
             raise NotFound(f"unknown job {job!r}")
         for handle in self.handles:
             if handle.job == job and not handle.completed and self.block_waits:
-                raise AlreadyRunning(f"{job} is already running", run_id=str(handle.run_id))
+                raise AlreadyRunning(f"{job} is already running", run_id=handle.run_id)
         run_id = max(self.runs_by_id) + 1
         record = make_run(run_id, job)
         self.runs_by_id[run_id] = record
