@@ -7,6 +7,7 @@ and raw figures and cleans up after itself.
 from __future__ import annotations
 
 import os
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -27,7 +28,7 @@ def test_percentile_and_describe() -> None:
 async def test_interleaved_alternates_order() -> None:
     calls: list[str] = []
 
-    def variant(name: str):  # type: ignore[no-untyped-def]
+    def variant(name: str) -> Callable[[], Awaitable[float]]:
         async def go() -> float:
             calls.append(name)
             return float(len(calls))
