@@ -231,20 +231,19 @@ class Database:
             await tx.conn.executemany(sql, rows)
 
     async def fetchone(self, sql: str, params: Params = ()) -> Row | None:
-        """Run a query (or a ``RETURNING`` statement) and return its first row."""
+        """Run a query (or a ``RETURNING`` statement) and return its first row.
+
+        Meant for statements that yield at most a row or a few (every caller's does); it runs the
+        statement to completion, which a ``RETURNING`` write needs anyway.
+        """
         async with self._lock:
-            cur = await self.conn.execute(sql, params)
-            row = await cur.fetchone()
-            await cur.close()
-            return row
+            rows = await _fetch(self.conn, sql, params)
+        return rows[0] if rows else None
 
     async def fetchall(self, sql: str, params: Params = ()) -> list[Row]:
         """Run a query and return every row."""
         async with self._lock:
-            cur = await self.conn.execute(sql, params)
-            rows = await cur.fetchall()
-            await cur.close()
-            return list(rows)
+            return await _fetch(self.conn, sql, params)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Transaction]:
@@ -276,18 +275,20 @@ class Transaction:
         return rowcount
 
     async def fetchone(self, sql: str, params: Params = ()) -> Row | None:
-        """Run a query and return its first row."""
-        cur = await self.conn.execute(sql, params)
-        row = await cur.fetchone()
-        await cur.close()
-        return row
+        """Run a query and return its first row (see :meth:`Database.fetchone`)."""
+        rows = await _fetch(self.conn, sql, params)
+        return rows[0] if rows else None
 
     async def fetchall(self, sql: str, params: Params = ()) -> list[Row]:
         """Run a query and return every row."""
-        cur = await self.conn.execute(sql, params)
-        rows = await cur.fetchall()
-        await cur.close()
-        return list(rows)
+        return await _fetch(self.conn, sql, params)
+
+
+async def _fetch(conn: aiosqlite.Connection, sql: str, params: Params) -> list[Row]:
+    # One hop to aiosqlite's thread instead of three (execute, fetch, close): the hand-off, not
+    # SQLite, dominates a small statement's latency (bench P4 measured ~0.2 ms per hop). The
+    # cursor is dropped inside that thread, so it is never finalised from the event loop's thread.
+    return list(await conn.execute_fetchall(sql, params))
 
 
 def is_busy_error(exc: BaseException) -> bool:
