@@ -117,17 +117,24 @@ def make_quiet(path: Path) -> float:
     return time.perf_counter() - started
 
 
-async def _explain(db: Database, sql: str, params: tuple[Any, ...]) -> list[str]:
-    rows = await db.fetchall(f"EXPLAIN QUERY PLAN {sql}", params)
-    return [str(r["detail"]) for r in rows]
+async def _plans(db: Database, call: Any) -> list[str]:
+    """``EXPLAIN QUERY PLAN`` of exactly the statements ``call`` sends through ``db``."""
+    sent: list[tuple[str, Any]] = []
+    original = db.fetchall
 
+    async def recording(sql: str, params: Any = ()) -> Any:
+        sent.append((sql, params))
+        return await original(sql, params)
 
-_FORECASTS_SQL = """SELECT slug FROM comparisons
-    WHERE created_at >= ? OR last_visited >= ? OR view_count > 0
-    ORDER BY view_count DESC, last_visited DESC, created_at DESC LIMIT ?"""
-_INSIGHTS_SQL = """SELECT slug FROM comparisons
-    WHERE view_count >= ? OR last_visited >= ?
-    ORDER BY view_count DESC, last_visited DESC, created_at DESC LIMIT ?"""
+    db.fetchall = recording  # type: ignore[method-assign]
+    try:
+        await call()
+    finally:
+        del db.fetchall  # back to the class's method
+    lines: list[str] = []
+    for sql, params in sent:
+        lines += [str(r["detail"]) for r in await original(f"EXPLAIN QUERY PLAN {sql}", params)]
+    return lines
 
 
 async def _time(call: Any, repetitions: int) -> tuple[list[float], int]:
@@ -143,11 +150,8 @@ async def _time(call: Any, repetitions: int) -> tuple[list[float], int]:
 async def measure(path: Path, repetitions: int) -> dict[str, Any]:
     """Time both selections (typical and worst case) on the generated file."""
     out: dict[str, Any] = {}
-    since_f, since_i = NOW_MS - FORECASTS["window_ms"], NOW_MS - INSIGHTS["window_ms"]
     async with Database(path) as db:
         store = ComparisonStore(db)
-        out["plan_forecasts"] = await _explain(db, _FORECASTS_SQL, (since_f, since_f, 50))
-        out["plan_insights"] = await _explain(db, _INSIGHTS_SQL, (10, since_i, 30))
         cases = {
             "forecasts": lambda: store.select_for_forecasts(
                 NOW_MS, FORECASTS["window_ms"], FORECASTS["limit"]
@@ -161,7 +165,7 @@ async def measure(path: Path, repetitions: int) -> dict[str, Any]:
             ),
         }
         for name, call in cases.items():
-            await call()  # warm the page cache once
+            out[f"plan_{name}"] = await _plans(db, call)  # also warms the page cache
             times, found = await _time(call, repetitions)
             out[name] = describe(times) | {"rows": found}
     out["quiet_s"] = make_quiet(path)
@@ -171,7 +175,7 @@ async def measure(path: Path, repetitions: int) -> dict[str, Any]:
         def quiet() -> Any:
             return store.select_for_forecasts(NOW_MS, FORECASTS["window_ms"], FORECASTS["limit"])
 
-        await quiet()
+        out["plan_forecasts_worst"] = await _plans(db, quiet)
         times, found = await _time(quiet, repetitions)
         out["forecasts_worst"] = describe(times) | {"rows": found}
     return out
@@ -216,7 +220,7 @@ def run(quick: bool = False, rows: int | None = None) -> Result:
     print(f"[p8_selection] machine: {machine_line()}")
     count = rows if rows is not None else (20_000 if quick else 1_000_000)
     result = asyncio.run(_run(count, 5 if quick else 21))
-    for key in ("plan_forecasts", "plan_insights"):
+    for key in ("plan_forecasts", "plan_insights", "plan_forecasts_worst", "plan_insights_worst"):
         print(f"  EXPLAIN QUERY PLAN ({key[5:]}):")
         for line in result.data[key]:
             print(f"    {line}")

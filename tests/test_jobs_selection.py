@@ -72,12 +72,27 @@ async def test_insights_selection_branches_and_order(db: Database) -> None:
     ]
 
 
-async def test_selection_uses_the_popularity_index(db: Database) -> None:
-    plan = await db.fetchall(
-        """EXPLAIN QUERY PLAN SELECT slug FROM comparisons
-           WHERE created_at >= 0 OR last_visited >= 0 OR view_count > 0
-           ORDER BY view_count DESC, last_visited DESC, created_at DESC LIMIT 5"""
-    )
-    text = " ".join(str(tuple(r)) for r in plan)
-    assert "comparisons_popularity" in text
-    assert "TEMP B-TREE" not in text  # no sort step: the index order is the result order
+async def test_selection_walks_the_popularity_index_and_stops_early(db: Database) -> None:
+    store = ComparisonStore(db)
+    await add(store, "viewed", created=NOW - 90 * DAY, views=3)
+    sent: list[tuple[str, object]] = []
+    original = db.fetchall
+
+    async def recording(sql: str, params: object = ()) -> object:
+        sent.append((sql, params))
+        return await original(sql, params)  # type: ignore[arg-type]
+
+    db.fetchall = recording  # type: ignore[method-assign, assignment]
+    await store.select_for_forecasts(NOW, WEEK, 1)  # enough popular rows: one statement
+    assert len(sent) == 1
+    await store.select_for_forecasts(NOW, WEEK, 5)  # too few: the recent rows are asked next
+    assert len(sent) == 3
+    del db.fetchall
+    plans = [
+        " ".join(str(tuple(r)) for r in await db.fetchall(f"EXPLAIN QUERY PLAN {sql}", params))  # type: ignore[arg-type]
+        for sql, params in sent
+    ]
+    assert "comparisons_popularity" in plans[0]
+    assert "TEMP B-TREE" not in plans[0]  # no sort: the index order is the result order
+    assert "comparisons_recent" in plans[2]
+    assert "comparisons_visited" in plans[2]

@@ -146,30 +146,61 @@ class ComparisonStore:
     async def select_for_forecasts(
         self, now_ms: int, window_ms: int, limit: int
     ) -> list[Comparison]:
-        """SPEC §6 selection of ``warmup-forecasts`` (popular or recent comparisons)."""
+        """SPEC §6 selection of ``warmup-forecasts``.
+
+        ``created_at ≥ now−window OR last_visited ≥ now−window OR view_count > 0``, ordered by
+        ``view_count DESC, last_visited DESC NULLS LAST, created_at DESC``, ``LIMIT limit``.
+        """
         since = now_ms - window_ms
-        # DESC puts NULLs last in SQLite, so this ORDER BY is "last_visited DESC NULLS LAST" and
-        # walks the comparisons_popularity index in order, stopping after LIMIT matches.
-        rows = await self.db.fetchall(
-            f"""SELECT {_COMPARISON_COLUMNS} FROM comparisons
-                WHERE created_at >= ? OR last_visited >= ? OR view_count > 0
-                ORDER BY view_count DESC, last_visited DESC, created_at DESC
-                LIMIT ?""",
-            (since, since, limit),
+        return await self._select_split(
+            "view_count > ?",
+            "+view_count <= ? AND (created_at >= ? OR last_visited >= ?)",
+            0,
+            (since, since),
+            limit,
         )
-        return [_comparison(r) for r in rows]
 
     async def select_for_insights(
         self, now_ms: int, window_ms: int, min_views: int, limit: int
     ) -> list[Comparison]:
-        """SPEC §6 selection of ``warmup-ai-explanations``."""
-        rows = await self.db.fetchall(
-            f"""SELECT {_COMPARISON_COLUMNS} FROM comparisons
-                WHERE view_count >= ? OR last_visited >= ?
-                ORDER BY view_count DESC, last_visited DESC, created_at DESC
-                LIMIT ?""",
-            (min_views, now_ms - window_ms, limit),
+        """SPEC §6 selection of ``warmup-ai-explanations``.
+
+        ``view_count ≥ min_views OR last_visited ≥ now−window``, ordered by ``view_count DESC,
+        last_visited DESC NULLS LAST``, ``LIMIT limit``.
+        """
+        return await self._select_split(
+            "view_count >= ?",
+            "+view_count < ? AND last_visited >= ?",
+            min_views,
+            (now_ms - window_ms,),
+            limit,
         )
+
+    async def _select_split(
+        self, popular: str, rest: str, views: int, rest_args: tuple[int, ...], limit: int
+    ) -> list[Comparison]:
+        """``popular OR recent`` in popularity order, as two index-driven queries.
+
+        Split at the first sort key: every row that passes ``popular`` (a ``view_count`` range)
+        sorts before every row that fails it. The first query walks the popularity index and stops
+        after ``limit`` rows (the usual case: done). Only when it finds fewer does the second look
+        at the *recent* rows among the rest, through the created_at and last_visited indexes (the
+        unary ``+`` keeps the planner from walking the popularity index instead) and sort those few.
+        A single ``OR`` would walk the whole index whenever fewer than ``limit`` rows match. View
+        counts only grow, so no row can appear in both answers. DESC puts NULLs last in SQLite, so
+        ``last_visited DESC`` is "NULLS LAST".
+        """
+        order = "view_count DESC, last_visited DESC, created_at DESC"
+        rows = await self.db.fetchall(
+            f"SELECT {_COMPARISON_COLUMNS} FROM comparisons WHERE {popular} ORDER BY {order} LIMIT ?",
+            (views, limit),
+        )
+        if len(rows) < limit:
+            rows += await self.db.fetchall(
+                f"""SELECT {_COMPARISON_COLUMNS} FROM comparisons WHERE {rest}
+                    ORDER BY +{order} LIMIT ?""",
+                (views, *rest_args, limit - len(rows)),
+            )
         return [_comparison(r) for r in rows]
 
 
