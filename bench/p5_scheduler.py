@@ -42,6 +42,7 @@ from apscheduler.triggers.cron import CronTrigger
 
 from bench.common import Result, Verdict, describe, finish, machine_line
 from warmupd.clock import SystemClock
+from warmupd.daemon import SWITCH_INTERVAL_S
 from warmupd.db import Database
 from warmupd.locks.sqlite import SqliteLocks
 from warmupd.models import Fire
@@ -158,6 +159,8 @@ def run(quick: bool = False, window_s: float | None = None, windows: int | None 
     print(f"[p5_scheduler] machine: {machine_line()}")
     window = window_s if window_s is not None else (3.0 if quick else 10.0)
     count = windows if windows is not None else (1 if quick else 7)
+    # The process runs as `warmupd serve` does (same GIL switch interval); both schedulers share it.
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
     result = asyncio.run(_run(window, count))
     for name in ("warmupd", "apscheduler"):
         s = result.data[name]

@@ -428,3 +428,29 @@ async def test_is_overdue() -> None:
     assert sched.is_overdue("daily", None, at("2024-05-02T08:00:01Z"))
     with pytest.raises(KeyError):
         sched.is_overdue("nope", None, 0)
+
+
+async def test_preclaim_takes_the_claim_round_trip_out_of_the_due_step() -> None:
+    job = JobSchedule(name="fast", expr="*/10 * * * * *", misfire_grace_ms=0)
+    claimer = MemoryClaimer()
+    start = at("2024-05-01T10:00:00.500Z")
+    a, rec_a, _, _ = make([job], FakeClock(start), claimer=claimer)
+    b, rec_b, _, _ = make([job], FakeClock(start), claimer=claimer)
+    await a.start_up(start)
+    await b.start_up(start)
+    due = at("2024-05-01T10:00:10Z")
+    await a.preclaim(due - 5_000)  # too early: nothing is claimed yet
+    assert claimer.attempts == []
+    await a.preclaim(due - 150)  # within CLAIM_AHEAD_MS
+    await b.preclaim(due - 100)
+    assert [d for _, d, _ in claimer.attempts] == [due, due]
+    await a.tick(due + 1)
+    await b.tick(due + 2)
+    assert len(claimer.attempts) == 2  # the due steps used the claims made ahead
+    assert [f.due_ms for f in rec_a.fires] == [due]
+    assert rec_b.fires == []
+    assert [f.due_ms for f in rec_b.elsewhere] == [due]
+    # A preclaim for a slot that then coalesces with later ones does not stand in for them.
+    await a.preclaim(due + 9_900)
+    await a.tick(due + 25_000)
+    assert [f.due_ms for f in rec_a.fires] == [due, due + 20_000]
