@@ -8,13 +8,8 @@ from pathlib import Path
 import pytest
 
 from warmupd.cli import main
-from warmupd.config import (
-    JOB_FORECASTS,
-    describe,
-    load_config,
-    parse_config,
-    parse_duration_ms,
-)
+from warmupd.config import JOB_FORECASTS, load_config, parse_config
+from warmupd.config_values import describe, parse_duration_ms
 from warmupd.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent

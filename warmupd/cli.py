@@ -18,7 +18,8 @@ from typing import Any, TypeVar
 
 from warmupd import __version__
 from warmupd.clock import SystemClock
-from warmupd.config import Config, describe, load_config
+from warmupd.config import Config, load_config
+from warmupd.config_values import describe
 from warmupd.db import Database
 from warmupd.errors import UsageError, WarmupdError, exit_code_for
 

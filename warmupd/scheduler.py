@@ -352,3 +352,38 @@ class JobSchedule:
         if len(upcoming) < 2:
             return None
         return upcoming[1] + self.jitter_offset_ms + self.misfire_grace_ms
+
+
+COUNT_CAP = 1000
+"""Missed slots are counted up to this many (the count only feeds logs and metrics); the latest one
+is always found exactly, so a dense schedule after a long downtime cannot stall the event loop."""
+
+
+def scan_slots(schedule: JobSchedule, after_ms: int, until_ms: int) -> tuple[int, int]:
+    """``(count, latest)`` of the slots in ``(after_ms, until_ms]`` (count capped at
+    :data:`COUNT_CAP`; ``latest`` is exact, 0 when there are none)."""
+    count, latest = 0, 0
+    for slot in iter_fire_times(schedule.expr, schedule.timezone, after_ms):
+        if slot > until_ms:
+            return count, latest
+        count, latest = count + 1, slot
+        if count == COUNT_CAP:
+            return count, latest_slot(schedule, slot, until_ms)
+    return count, latest
+
+
+def latest_slot(schedule: JobSchedule, known_ms: int, until_ms: int) -> int:
+    """The latest slot at or before ``until_ms``, given a slot ``known_ms`` at or before it.
+
+    Bisects on "the first slot after t is at or before until_ms" (true below the answer, false at
+    it): about 40 calendar look-ups for any span, instead of walking every slot.
+    """
+    below, above = known_ms - 1, until_ms
+    while above - below > 1:
+        middle = (below + above) // 2
+        first = next_fire_times(schedule.expr, schedule.timezone, middle, 1)
+        if first and first[0] <= until_ms:
+            below = middle
+        else:
+            above = middle
+    return below + 1

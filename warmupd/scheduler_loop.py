@@ -29,7 +29,7 @@ from typing import Protocol
 
 from warmupd.clock import Clock, ms_to_iso
 from warmupd.models import Fire, Trigger
-from warmupd.scheduler import JobSchedule, iter_fire_times, next_fire_times
+from warmupd.scheduler import JobSchedule, next_fire_times, scan_slots
 
 log = logging.getLogger("warmupd.scheduler")
 
@@ -38,9 +38,6 @@ MAX_SLEEP_S = 60.0
 RUNNING_GRACE_FLOOR_MS = 60_000
 """While running, a fire late by less than this still runs whatever ``misfire_grace`` says: the
 loop's own wake-up latency must never turn a fire into a misfire."""
-COUNT_CAP = 1000
-"""Missed slots are counted up to this many (the count only feeds logs and metrics); the latest one
-is always found exactly, so a dense schedule after a long downtime cannot stall the event loop."""
 CLOCK_JUMP_TOLERANCE_MS = 2_000
 CLAIM_AHEAD_MS = 200
 """The run loop claims a fire this long before it is due, so that the claim's round trip to the lock
@@ -82,7 +79,7 @@ class Misfire:
     first_due_ms: int
     last_due_ms: int
     count: int
-    """How many slots were missed (at most :data:`COUNT_CAP`)."""
+    """How many slots were missed (at most :data:`~warmupd.scheduler.COUNT_CAP`)."""
 
 
 OnFire = Callable[[Fire], Awaitable[None]]
@@ -210,7 +207,7 @@ class Scheduler:
         return state.next_slot_ms
 
     def _due_slots(self, state: _JobState, until_ms: int) -> tuple[int, int]:
-        """``(count, latest)`` of the slots in ``(cursor, until_ms]``, like :func:`_scan`.
+        """``(count, latest)`` of the slots in ``(cursor, until_ms]``, like :func:`~warmupd.scheduler.scan_slots`.
 
         The usual answer (none, or exactly the next slot) comes from the two slots computed before
         the loop slept: a calendar walk costs ~0.4 ms, and here it would sit between the wake-up
@@ -223,7 +220,7 @@ class Scheduler:
         if state.following_ms is None or state.following_ms > until_ms:
             return 1, upcoming
         assert state.cursor_ms is not None
-        return _scan(state.schedule, state.cursor_ms, until_ms)
+        return scan_slots(state.schedule, state.cursor_ms, until_ms)
 
     def _advance(self, state: _JobState, slot_ms: int) -> None:
         assert state.cursor_ms is not None
@@ -251,7 +248,7 @@ class Scheduler:
         ttl = schedule.claim_ttl_ms
         assert state.cursor_ms is not None
         if too_old >= upcoming:
-            count, last = _scan(schedule, state.cursor_ms, too_old)
+            count, last = scan_slots(schedule, state.cursor_ms, too_old)
             missed = Misfire(
                 job=schedule.name, first_due_ms=upcoming, last_due_ms=last, count=count
             )
@@ -439,33 +436,3 @@ class Scheduler:
         """Make :meth:`run` return after its current step."""
         self._stopping = True
         self._wake.set()
-
-
-def _scan(schedule: JobSchedule, after_ms: int, until_ms: int) -> tuple[int, int]:
-    """``(count, latest)`` of the slots in ``(after_ms, until_ms]`` (count capped; ``latest`` 0 when
-    there are none)."""
-    count, latest = 0, 0
-    for slot in iter_fire_times(schedule.expr, schedule.timezone, after_ms):
-        if slot > until_ms:
-            return count, latest
-        count, latest = count + 1, slot
-        if count == COUNT_CAP:
-            return count, _latest_slot(schedule, slot, until_ms)
-    return count, latest
-
-
-def _latest_slot(schedule: JobSchedule, known_ms: int, until_ms: int) -> int:
-    """The latest slot at or before ``until_ms``, given a slot ``known_ms`` at or before it.
-
-    Bisects on "the first slot after t is at or before until_ms" (true below the answer, false at
-    it): about 40 calendar look-ups for any span, instead of walking every slot.
-    """
-    below, above = known_ms - 1, until_ms
-    while above - below > 1:
-        middle = (below + above) // 2
-        first = next_fire_times(schedule.expr, schedule.timezone, middle, 1)
-        if first and first[0] <= until_ms:
-            below = middle
-        else:
-            above = middle
-    return below + 1

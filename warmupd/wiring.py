@@ -1,0 +1,260 @@
+"""Wiring: the concrete classes behind every interface, picked from the configuration.
+
+:func:`build_core` opens the state database, recovers abandoned runs, chooses the lock backend and
+builds the jobs layer; ``warmupd serve`` (:mod:`warmupd.daemon`) adds the HTTP edge and the
+scheduler on top, ``warmupd run`` uses it as it is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from typing import Any
+
+from warmupd.clock import Clock
+from warmupd.config import Config, load_config
+from warmupd.db import Database
+from warmupd.errors import ConfigError
+from warmupd.jobs import build_jobs
+from warmupd.jobs.ondemand import OnDemand
+from warmupd.jobs.parts import Warmer
+from warmupd.jobs.runner import JobRunner, Progress
+from warmupd.locks import Locks
+from warmupd.locks.fallback import FallbackLocks
+from warmupd.locks.redis import RedisLocks
+from warmupd.locks.sqlite import SqliteLocks
+from warmupd.metrics import Metrics
+from warmupd.pool import ProcessPool
+from warmupd.producers import InsightsProducer
+from warmupd.producers.insights_builtin import BuiltinInsights
+from warmupd.producers.insights_openai import OpenAIInsights
+from warmupd.runs import NodeStore, RunStore, recover_abandoned
+from warmupd.scheduler import JobSchedule
+from warmupd.status import LockState
+from warmupd.store import CacheStore, ComparisonStore, WarmupStore
+
+log = logging.getLogger("warmupd.daemon")
+
+
+class ConfigHolder:
+    """The configuration in force; SIGHUP replaces it only with a valid one."""
+
+    def __init__(self, config: Config, path: str | None) -> None:
+        self.current = config
+        self.path = path
+
+    def __call__(self) -> Config:
+        return self.current
+
+    def reload(self) -> Config | None:
+        """Re-read the file; returns the new config, or None (old kept) when it is invalid."""
+        try:
+            new = load_config(self.path)
+        except ConfigError as exc:
+            log.error("config.reload_rejected error=%s", exc)  # noqa: TRY400 - the message is the whole story
+            return None
+        self.current = new
+        return new
+
+
+def schedules_of(config: Config) -> list[JobSchedule]:
+    """The scheduler's view of the enabled jobs."""
+    return [
+        JobSchedule(
+            name=job.name,
+            expr=job.schedule,
+            timezone=job.timezone,
+            misfire_grace_ms=job.misfire_grace_ms,
+            jitter_ms=job.jitter_ms,
+        )
+        for job in config.jobs.values()
+        if job.enabled
+    ]
+
+
+def make_insights(config: Config, pool: ProcessPool) -> InsightsProducer:
+    """The insights producer ``ai.provider`` names; its analysis runs in the process pool."""
+
+    async def facts_runner(fn: Callable[[Any], dict[str, Any]], comparison: Any) -> dict[str, Any]:
+        return await pool.run(fn, comparison)
+
+    ai = config.ai
+    if ai.provider == "openai":
+        # Both are enforced by config validation when provider = "openai".
+        assert ai.base_url is not None
+        assert ai.model is not None
+        return OpenAIInsights(
+            base_url=ai.base_url,
+            model=ai.model,
+            api_key_env=ai.api_key_env,
+            timeout_s=ai.timeout_ms / 1000,
+            max_retries=ai.max_retries,
+            prompt_version=ai.prompt_version,
+            concurrency=ai.concurrency,
+            facts_runner=facts_runner,
+        )
+    return BuiltinInsights(prompt_version=ai.prompt_version, facts_runner=facts_runner)
+
+
+@dataclass
+class Core:
+    """Everything but the HTTP edge and the scheduler: what ``serve`` and ``run`` share."""
+
+    config: ConfigHolder
+    clock: Clock
+    node: str
+    db: Database
+    metrics: Metrics
+    locks: Locks
+    sqlite_locks: SqliteLocks
+    fallback: FallbackLocks | None
+    pool: ProcessPool
+    runs: RunStore
+    nodes: NodeStore
+    cache: CacheStore
+    comparisons: ComparisonStore
+    warmups: WarmupStore
+    warmer: Warmer
+    runner: JobRunner
+    on_demand: OnDemand
+    background: list[asyncio.Task[Any]] = field(default_factory=list)
+
+    def lock_state(self) -> LockState:
+        """Where locks go now and whether Redis answers."""
+        if self.fallback is None:
+            return LockState(backend="sqlite", redis="unconfigured", usable=True)
+        up = self.fallback.redis_up
+        return LockState(
+            backend=self.fallback.backend,
+            redis="up" if up else "down",
+            usable=up or self.fallback.policy == "sqlite",
+        )
+
+
+async def build_core(
+    stack: AsyncExitStack,
+    holder: ConfigHolder,
+    *,
+    clock: Clock,
+    node: str,
+    metrics: Metrics,
+    on_progress: Progress | None = None,
+) -> Core:
+    """Open the DB, recover abandoned runs, pick the lock backend and wire the jobs layer."""
+    cfg = holder()
+    db = await stack.enter_async_context(Database(cfg.daemon.db_path))
+    nodes, runs = NodeStore(db), RunStore(db)
+    await nodes.heartbeat(node, clock.wall_ms())
+    stack.push_async_callback(nodes.remove, node)
+    abandoned = await recover_abandoned(
+        runs, nodes, self_node=node, now_ms=clock.wall_ms(), stale_after_ms=3 * cfg.locks.lease_ms
+    )
+    if abandoned:
+        log.warning("runs.abandoned count=%d ids=%s", len(abandoned), abandoned)
+
+    def observe(backend: str, result: str) -> None:
+        metrics.lock_acquisitions.inc(backend=backend, result=result)
+
+    sqlite_locks = SqliteLocks(db, clock, node)
+    locks: Locks = sqlite_locks
+    fallback = None
+    if cfg.redis.url:
+        redis_locks = RedisLocks(
+            cfg.redis.url, cfg.redis.key_prefix, cfg.redis.connect_timeout_ms / 1000, clock, node
+        )
+        stack.push_async_callback(redis_locks.close)
+        fallback = FallbackLocks(redis_locks, sqlite_locks, cfg.redis.on_unavailable)
+        locks = fallback
+        try:
+            for warning in await redis_locks.check_server():
+                log.warning("redis.check warning=%s", warning)
+        except Exception as exc:  # noqa: BLE001 - Redis being down at start-up is not fatal
+            log.warning("redis.unreachable error=%s", type(exc).__name__)
+        metrics.redis_up.set(1 if await fallback.ping() else 0)
+    locks.on_acquire = observe
+    stack.push_async_callback(locks.close)
+
+    pool = await stack.enter_async_context(
+        ProcessPool(
+            workers=cfg.daemon.pool_workers,
+            idle_shutdown_s=cfg.daemon.pool_idle_shutdown_ms / 1000,
+            clock=clock,
+        )
+    )
+    insights = make_insights(cfg, pool)
+    stack.push_async_callback(insights.close)
+    cache, comparisons, warmups = CacheStore(db), ComparisonStore(db), WarmupStore(db)
+    warmer = Warmer(
+        cache=cache,
+        cpu=pool,
+        insights=insights,
+        cache_config=cfg.cache,
+        forecast_config=cfg.forecast,
+        clock=clock,
+    )
+    jobs = build_jobs(
+        config=cfg,
+        comparisons=comparisons,
+        cache=cache,
+        runs=runs,
+        warmups=warmups,
+        nodes=nodes,
+        warmer=warmer,
+        purge_locks=sqlite_locks.purge_expired,
+    )
+    for name in [*jobs, "warmup-on-demand"]:
+        metrics.declare_job(name)
+    for name in jobs:
+        last = await runs.last_success_ms(name)
+        if last is not None:
+            # After a restart the alert on an overdue job must still see the real last success.
+            metrics.job_last_success.set(last / 1000, job_name=name)
+    runner = JobRunner(
+        jobs=jobs,
+        config=holder,
+        locks=locks,
+        runs=runs,
+        clock=clock,
+        node=node,
+        metrics=metrics,
+        on_progress=on_progress,
+    )
+    on_demand = OnDemand(
+        config=holder,
+        comparisons=comparisons,
+        warmups=warmups,
+        runs=runs,
+        warmer=warmer,
+        locks=locks,
+        clock=clock,
+        node=node,
+        metrics=metrics,
+    )
+
+    async def scrape_cache() -> None:
+        counts = await cache.counts(clock.wall_ms())
+        metrics.cache_entries.replace({key: float(n) for key, n in counts.items()})
+
+    metrics.add_scrape_hook(scrape_cache)
+    return Core(
+        config=holder,
+        clock=clock,
+        node=node,
+        db=db,
+        metrics=metrics,
+        locks=locks,
+        sqlite_locks=sqlite_locks,
+        fallback=fallback,
+        pool=pool,
+        runs=runs,
+        nodes=nodes,
+        cache=cache,
+        comparisons=comparisons,
+        warmups=warmups,
+        warmer=warmer,
+        runner=runner,
+        on_demand=on_demand,
+    )
