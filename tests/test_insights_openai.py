@@ -281,7 +281,7 @@ async def test_wrong_winner_keeps_the_computed_leader(
     assert meaning["winner"] == "termA"
     assert meaning["source"] == "builtin"
     assert meaning["text"].startswith(f"{A} draws more search interest than {B}")
-    assert "computed leader is termA" in caplog.text
+    assert "computed leader is termA" in caplog.records[-1].fields["detail"]
 
 
 @pytest.mark.parametrize(
@@ -483,6 +483,7 @@ async def test_api_key_never_reaches_logs_or_errors(
         caplog.text,
         *(r.getMessage() for r in caplog.records),
         *(repr(r.args) for r in caplog.records),
+        *(repr(getattr(r, "fields", None)) for r in caplog.records),
     ]
     for exc in (info.value, again.value):
         texts += [str(exc), repr(exc), "".join(traceback.format_exception(exc))]

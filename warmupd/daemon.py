@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import enum
 import faulthandler
-import logging
 import secrets
 import signal
 import sys
@@ -32,7 +31,7 @@ from warmupd.http import create_app
 from warmupd.jobs.reads import ComparisonService
 from warmupd.jobs.runner import Progress
 from warmupd.jobs.service import JobsService, render_run
-from warmupd.logs import configure_logging, register_secret
+from warmupd.logs import configure_logging, get_logger, register_secret
 from warmupd.metrics import Metrics, loop_lag_monitor
 from warmupd.models import Trigger
 from warmupd.runs import make_node_id
@@ -42,7 +41,7 @@ from warmupd.store import ScheduleStore
 from warmupd.systemd import SystemdNotifier, watchdog_loop
 from warmupd.wiring import ConfigHolder, Core, build_core, schedules_of
 
-log = logging.getLogger("warmupd.daemon")
+log = get_logger("warmupd.daemon")
 
 HEARTBEAT_S = 10.0
 SWITCH_INTERVAL_S = 0.001
@@ -72,7 +71,7 @@ class Daemon:
         self.scheduler: Scheduler | None = None
 
     def _transition(self, state: ShutdownState) -> None:
-        log.info("daemon.state from=%s to=%s", self.state.value, state.value)
+        log.info("daemon.state", previous=self.state.value, state=state.value)
         self.state = state
 
     def request_stop(self) -> None:
@@ -89,7 +88,7 @@ class Daemon:
                     register_secret(value)
             if self.scheduler is not None:
                 self.scheduler.reload(schedules_of(new))
-            log.info("config.reloaded source=%s", new.source)
+            log.info("config.reloaded", source=new.source)
         self.notifier.ready()
         self.notifier.status(self._status_line())
 
@@ -120,9 +119,9 @@ class Daemon:
                 register_secret(value)
         for name, value in (("job", cfg.secrets.job), ("warmup", cfg.secrets.warmup)):
             if not value:
-                log.warning("secret.unset secret=%s endpoints=503", name)
+                log.warning("secret.unset", secret=name, effect="its endpoints answer 503")
             elif len(value) < 16:
-                log.warning("secret.short secret=%s length_lt=16", name)
+                log.warning("secret.short", secret=name, min_length=16)
         try:
             async with AsyncExitStack() as stack:
                 core = await build_core(
@@ -212,11 +211,10 @@ class Daemon:
                 asyncio.create_task(watchdog_loop(self.notifier, self.clock), name="watchdog")
             )
         log.info(
-            "daemon.ready node=%s http=%s:%s locks=%s",
-            self.node,
-            cfg.http.host,
-            cfg.http.port,
-            core.lock_state().backend,
+            "daemon.ready",
+            node=self.node,
+            http=f"{cfg.http.host}:{cfg.http.port}",
+            locks=core.lock_state().backend,
         )
         self.notifier.ready()
         self.notifier.status(self._status_line())
@@ -239,7 +237,7 @@ class Daemon:
             try:
                 await core.nodes.heartbeat(self.node, self.clock.wall_ms())
             except Exception as exc:  # noqa: BLE001 - a busy DB must not kill the heartbeat
-                log.warning("heartbeat.failed error=%s", type(exc).__name__)
+                log.warning("heartbeat.failed", error=type(exc).__name__)
 
     async def _probe_redis(self, core: Core) -> None:
         assert core.fallback is not None
@@ -247,11 +245,9 @@ class Daemon:
         interval_s = max(1.0, 2 * self.holder().redis.connect_timeout_ms / 1000)
         while True:
             await self.clock.sleep(interval_s)
-            was = core.fallback.redis_up
+            # FallbackLocks logs each change between up and down itself.
             up = await core.fallback.ping()
             self.metrics.redis_up.set(1 if up else 0)
-            if up != was:
-                log.warning("redis.%s", "up" if up else "down")
 
 
 async def run_once(

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import secrets as pysecrets
 import time
 from collections.abc import Awaitable, Callable
@@ -30,12 +29,13 @@ from warmupd.errors import (
     UnsupportedMediaType,
     WarmupdError,
 )
+from warmupd.logs import get_logger
 from warmupd.metrics import CONTENT_TYPE, Metrics
 from warmupd.models import Trigger
 from warmupd.openapi import openapi_document
 from warmupd.services import ComparisonsService, JobsService, RunHandle, StatusProvider
 
-log = logging.getLogger("warmupd.http")
+log = get_logger("warmupd.http")
 
 __all__ = [
     "ROUTES",
@@ -117,7 +117,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except web.HTTPException as exc:
         response = _http_error(request, exc)
     except Exception:
-        log.exception("unhandled error", extra={"request_id": request_id, "path": request.path})
+        log.exception("http.unhandled_error", request_id=request_id, path=request.path)
         response = json_response(
             error_body("internal", f"internal error (request id {request_id})"), status=500
         )

@@ -22,16 +22,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
 from warmupd.clock import Clock, ms_to_iso
+from warmupd.logs import get_logger
 from warmupd.models import Fire, Trigger
 from warmupd.scheduler import JobSchedule, next_fire_times, scan_slots
 
-log = logging.getLogger("warmupd.scheduler")
+log = get_logger("warmupd.scheduler")
 
 MAX_SLEEP_S = 60.0
 """The loop never sleeps longer than this, so that a wall-clock jump is noticed within a minute."""
@@ -175,7 +175,7 @@ class Scheduler:
                 # One job's broken backend must not stop the others; it is logged, not hidden.
                 except Exception:
                     self._failed_jobs += 1
-                    log.exception("scheduler step failed", extra={"job": state.schedule.name})
+                    log.exception("scheduler.step_failed", job=state.schedule.name)
                     continue
                 if fire is not None:
                     fires.append(fire)
@@ -292,20 +292,18 @@ class Scheduler:
                 try:
                     won = await self._claimer.claim_fire(schedule.name, slot, schedule.claim_ttl_ms)
                 except Exception:
-                    log.exception("scheduler preclaim failed", extra={"job": schedule.name})
+                    log.exception("scheduler.preclaim_failed", job=schedule.name)
                     continue
                 state.preclaimed = (slot, won)
 
     async def _hand_over(self, fire: Fire, lateness_ms: int) -> None:
         log.info(
-            "fire",
-            extra={
-                "job": fire.job,
-                "due": ms_to_iso(fire.due_ms),
-                "trigger": str(fire.trigger),
-                "coalesced": fire.coalesced,
-                "lateness_ms": lateness_ms,
-            },
+            "scheduler.fire",
+            job=fire.job,
+            due=ms_to_iso(fire.due_ms),
+            trigger=str(fire.trigger),
+            coalesced=fire.coalesced,
+            lateness_ms=lateness_ms,
         )
         if self._on_lateness is not None:
             self._on_lateness(fire.job, lateness_ms / 1000)
@@ -314,17 +312,15 @@ class Scheduler:
         # The fire is claimed, so no other process will run it; a runner bug must not kill the
         # scheduler loop, and the traceback is logged.
         except Exception:
-            log.exception("on_fire failed", extra={"job": fire.job, "due": ms_to_iso(fire.due_ms)})
+            log.exception("scheduler.on_fire_failed", job=fire.job, due=ms_to_iso(fire.due_ms))
 
     async def _report_misfire(self, missed: Misfire) -> None:
         log.warning(
-            "misfired",
-            extra={
-                "job": missed.job,
-                "first_due": ms_to_iso(missed.first_due_ms),
-                "last_due": ms_to_iso(missed.last_due_ms),
-                "count": missed.count,
-            },
+            "scheduler.misfired",
+            job=missed.job,
+            first_due=ms_to_iso(missed.first_due_ms),
+            last_due=ms_to_iso(missed.last_due_ms),
+            count=missed.count,
         )
         if self._on_misfire is not None:
             await self._on_misfire(missed)
@@ -417,7 +413,7 @@ class Scheduler:
             now_ms = self._clock.wall_ms()
             drift_ms = (now_ms - wall_ms) - (self._clock.monotonic() - mono_s) * 1000
             if abs(drift_ms) > CLOCK_JUMP_TOLERANCE_MS:
-                log.warning("wall clock jumped", extra={"jump_ms": round(drift_ms)})
+                log.warning("scheduler.clock_jump", jump_ms=round(drift_ms))
             await self.tick(now_ms)
 
     async def _interruptible_sleep(self, seconds: float) -> None:

@@ -8,7 +8,6 @@ scheduler on top, ``warmupd run`` uses it as it is.
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from warmupd.locks import Locks
 from warmupd.locks.fallback import FallbackLocks
 from warmupd.locks.redis import RedisLocks
 from warmupd.locks.sqlite import SqliteLocks
+from warmupd.logs import get_logger
 from warmupd.metrics import Metrics
 from warmupd.pool import ProcessPool
 from warmupd.producers import InsightsProducer
@@ -36,7 +36,7 @@ from warmupd.scheduler import JobSchedule
 from warmupd.status import LockState
 from warmupd.store import CacheStore, ComparisonStore, WarmupStore
 
-log = logging.getLogger("warmupd.daemon")
+log = get_logger("warmupd.daemon")
 
 
 class ConfigHolder:
@@ -54,7 +54,7 @@ class ConfigHolder:
         try:
             new = load_config(self.path)
         except ConfigError as exc:
-            log.error("config.reload_rejected error=%s", exc)  # noqa: TRY400 - the message is the whole story
+            log.error("config.reload_rejected", error=exc)  # noqa: TRY400 - the message is the whole story
             return None
         self.current = new
         return new
@@ -153,7 +153,7 @@ async def build_core(
         runs, nodes, self_node=node, now_ms=clock.wall_ms(), stale_after_ms=3 * cfg.locks.lease_ms
     )
     if abandoned:
-        log.warning("runs.abandoned count=%d ids=%s", len(abandoned), abandoned)
+        log.warning("runs.abandoned", count=len(abandoned), ids=abandoned)
 
     def observe(backend: str, result: str) -> None:
         metrics.lock_acquisitions.inc(backend=backend, result=result)
@@ -170,9 +170,9 @@ async def build_core(
         locks = fallback
         try:
             for warning in await redis_locks.check_server():
-                log.warning("redis.check warning=%s", warning)
+                log.warning("redis.check", warning=warning)
         except Exception as exc:  # noqa: BLE001 - Redis being down at start-up is not fatal
-            log.warning("redis.unreachable error=%s", type(exc).__name__)
+            log.warning("redis.unreachable", error=type(exc).__name__)
         metrics.redis_up.set(1 if await fallback.ping() else 0)
     locks.on_acquire = observe
     stack.push_async_callback(locks.close)

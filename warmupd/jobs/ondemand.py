@@ -11,7 +11,6 @@ single-flight across processes. At most ``on_demand.concurrency`` warmups comput
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -22,12 +21,13 @@ from warmupd.errors import NotFound, QueueFull, StaleDataHash, WarmupdError
 from warmupd.jobs.base import Fencing, ItemResult
 from warmupd.jobs.parts import PARTS, Warmer
 from warmupd.locks import Locks, renewing
+from warmupd.logs import get_logger
 from warmupd.metrics import Metrics
 from warmupd.models import Acquired, Comparison, Held, RunStatus, Trigger, WarmupState
 from warmupd.runs import RunStore
 from warmupd.store import ComparisonStore, WarmupStore
 
-log = logging.getLogger("warmupd.ondemand")
+log = get_logger("warmupd.ondemand")
 
 # Background tasks are anchored here: the loop keeps only weak references.
 _Key = tuple[str, str]
@@ -175,7 +175,7 @@ class OnDemand:
             )
             raise
         except Exception:
-            log.exception("ondemand.error slug=%s", flight.slug)
+            log.exception("ondemand.error", slug=flight.slug)
         finally:
             self._flights.pop(key, None)
             self._publish_depth()
@@ -249,7 +249,7 @@ class OnDemand:
                     counts[outcome.result.value] = 1
         except Exception as exc:
             if not isinstance(exc, WarmupdError):
-                log.exception("ondemand.error slug=%s", slug)
+                log.exception("ondemand.error", slug=slug)
             status, reason = RunStatus.FAILED, "error"
             error = exc.message if isinstance(exc, WarmupdError) else f"{type(exc).__name__}: {exc}"
             counts = {"processed": 0, "skipped": 0, "failed": 1}
@@ -271,7 +271,7 @@ class OnDemand:
             await asyncio.shield(
                 self.warmups.set(slug, data_hash, final, now, error=error, run_id=run_id)
             )
-            log.info("ondemand.finished slug=%s run=%s status=%s", slug, run_id, status)
+            log.info("ondemand.finished", slug=slug, run=run_id, status=status)
             if self.metrics:
                 self.metrics.run_finished(
                     JOB_ON_DEMAND,

@@ -7,7 +7,6 @@ are fire-and-forget: the read answers with what the cache holds now.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -16,10 +15,11 @@ from warmupd.config import Config
 from warmupd.errors import NotFound, QueueFull
 from warmupd.jobs.ondemand import OnDemand
 from warmupd.jobs.parts import FORECAST_A, FORECAST_B, INSIGHTS_PART, Warmer, part_keys
+from warmupd.logs import get_logger
 from warmupd.models import Comparison, Freshness, WarmupState
 from warmupd.store import ComparisonHead, ComparisonStore, WarmupStore
 
-log = logging.getLogger("warmupd.reads")
+log = get_logger("warmupd.reads")
 
 
 class ComparisonService:
@@ -112,7 +112,7 @@ class ComparisonService:
             try:
                 self.on_demand.schedule(slug, head.data_hash)
             except QueueFull:
-                log.warning("pack.refresh_not_queued slug=%s reason=queue_full", slug)
+                log.warning("pack.refresh_not_queued", slug=slug, reason="queue_full")
         overall = Freshness.MISSING if missing else Freshness.STALE if stale else Freshness.FRESH
         return {
             "slug": slug,

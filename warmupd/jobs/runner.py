@@ -13,7 +13,6 @@ reason decides the run's status. Draining (SIGTERM) only stops starting new item
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,12 +28,13 @@ from warmupd.errors import (
 )
 from warmupd.jobs.base import Fencing, ItemOutcome, ItemResult, Job, RunSettings
 from warmupd.locks import Locks, renewing
+from warmupd.logs import get_logger
 from warmupd.metrics import Metrics
 from warmupd.models import Acquired, Fire, Held, RunRecord, RunStatus, Trigger
 from warmupd.runs import RunStore
 from warmupd.scheduler_loop import Misfire
 
-log = logging.getLogger("warmupd.jobs")
+log = get_logger("warmupd.jobs")
 
 Progress = Callable[[str, int, int, int], None]
 """``on_progress(job, run_id, done, total)`` after every item."""
@@ -221,7 +221,7 @@ class JobRunner:
             reason=reason,
             metadata=metadata,
         )
-        log.info("run.skipped job=%s run=%s trigger=%s reason=%s", job, record.id, trigger, reason)
+        log.info("run.skipped", job=job, run=record.id, trigger=trigger, reason=reason)
         if self.metrics:
             self.metrics.run_finished(
                 job,
@@ -251,9 +251,7 @@ class JobRunner:
         tally = _Tally()
         status, reason = RunStatus.SUCCESS, None
         begun = self.clock.monotonic()
-        log.info(
-            "run.started job=%s run=%s trigger=%s fence=%s", job.name, run_id, trigger, lease.fence
-        )
+        log.info("run.started", job=job.name, run=run_id, trigger=trigger, fence=lease.fence)
         if self.metrics:
             self.metrics.run_started(job.name)
         deadline = asyncio.get_running_loop().call_later(
@@ -296,7 +294,7 @@ class JobRunner:
             if current is not None:
                 current.uncancel()
         except Exception as exc:
-            log.exception("run.error job=%s run=%s", job.name, run_id)
+            log.exception("run.error", job=job.name, run=run_id)
             status = RunStatus.FAILED
             reason = (
                 f"error: {exc}"
@@ -320,15 +318,15 @@ class JobRunner:
             )
         )
         log.info(
-            "run.finished job=%s run=%s status=%s reason=%s processed=%d skipped=%d failed=%d duration_ms=%s",
-            job.name,
-            run_id,
-            status,
-            reason,
-            tally.processed,
-            tally.skipped,
-            tally.failed,
-            record.duration_ms,
+            "run.finished",
+            job=job.name,
+            run=run_id,
+            status=status,
+            reason=reason,
+            processed=tally.processed,
+            skipped=tally.skipped,
+            failed=tally.failed,
+            duration_ms=record.duration_ms,
         )
         if self.metrics:
             self.metrics.run_finished(
@@ -385,7 +383,7 @@ class JobRunner:
         except WarmupdError as exc:
             return ItemOutcome(ItemResult.FAILED, exc.message)
         except Exception as exc:
-            log.exception("item.error job=%s item=%s", job.name, job.label(item))
+            log.exception("item.error", job=job.name, item=job.label(item))
             return ItemOutcome(ItemResult.FAILED, f"{type(exc).__name__}: {exc}")
 
     # ----------------------------------------------------------------- scheduler hooks
@@ -395,7 +393,7 @@ class JobRunner:
         try:
             await self.trigger(fire.job, fire.trigger, fire=fire)
         except (AlreadyRunning, LockedElsewhere, ServiceUnavailable) as exc:
-            log.info("fire.not_run job=%s due=%s reason=%s", fire.job, fire.due_ms, exc.code)
+            log.info("fire.not_run", job=fire.job, due=fire.due_ms, reason=exc.code)
 
     async def on_misfire(self, misfire: Misfire) -> None:
         """Scheduler callback: record fires missed beyond ``misfire_grace`` as one skipped run."""
@@ -424,10 +422,10 @@ class JobRunner:
             active.draining = True
         if not tasks:
             return
-        log.info("runner.draining runs=%d grace_s=%s", len(tasks), grace_s)
+        log.info("runner.draining", runs=len(tasks), grace_s=grace_s)
         _, pending = await asyncio.wait(tasks, timeout=grace_s)
         if pending:
-            log.warning("runner.cancelling runs=%d", len(pending))
+            log.warning("runner.cancelling", runs=len(pending))
             for active in list(self._active.values()):
                 active.stop_now("shutdown")
             _, pending = await asyncio.wait(pending, timeout=10)

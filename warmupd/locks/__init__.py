@@ -33,13 +33,13 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
-import logging
 import re
 from collections.abc import AsyncIterator, Callable
 from typing import Final
 
 from warmupd.clock import Clock
 from warmupd.errors import LockedElsewhere, LockLost, ServiceUnavailable
+from warmupd.logs import get_logger
 from warmupd.models import Acquired, AcquireResult, Held, Lease, Unavailable
 
 __all__ = [
@@ -52,7 +52,7 @@ __all__ = [
     "result_name",
 ]
 
-log = logging.getLogger("warmupd.locks")
+log = get_logger("warmupd.locks")
 
 AcquireObserver = Callable[[str, str], None]
 """``on_acquire(backend, result)`` with result one of ``acquired``, ``held``, ``unavailable``; feeds
@@ -255,11 +255,11 @@ class LeaseHandle:
         self.lost_reason = reason
         self.lost.set()
         log.warning(
-            "lock_lost key=%s backend=%s fence=%s reason=%s",
-            self.lease.key,
-            self.lease.backend,
-            self.lease.fence,
-            reason,
+            "lock_lost",
+            key=self.lease.key,
+            backend=self.lease.backend,
+            fence=self.lease.fence,
+            reason=reason,
         )
         if self._on_lost is not None:
             self._on_lost(reason)
@@ -308,10 +308,7 @@ async def _renew_loop(locks: Locks, handle: LeaseHandle, clock: Clock) -> None:
                 ok = await locks.renew(lease)
         except (ServiceUnavailable, TimeoutError) as exc:
             log.warning(
-                "lock_renew_failed key=%s backend=%s error=%s",
-                lease.key,
-                lease.backend,
-                type(exc).__name__,
+                "lock_renew_failed", key=lease.key, backend=lease.backend, error=type(exc).__name__
             )
             next_at = clock.monotonic() + retry_s
             continue
@@ -328,7 +325,7 @@ async def _renew_guarded(locks: Locks, handle: LeaseHandle, clock: Clock) -> Non
     except Exception:
         # A bug or an unexpected backend error must not leave the holder believing it still owns
         # the lock until the deadline: say so loudly and stop the holder now.
-        log.exception("lock_renew_crashed key=%s", handle.lease.key)
+        log.exception("lock_renew_crashed", key=handle.lease.key)
         handle.mark_lost("error")
 
 
@@ -337,7 +334,7 @@ async def _release_quietly(locks: Locks, lease: Lease) -> None:
         await locks.release(lease)
     except ServiceUnavailable as exc:
         # The lease expires by itself within lease_ms; nothing else can be done.
-        log.warning("lock_release_failed key=%s error=%s", lease.key, type(exc).__name__)
+        log.warning("lock_release_failed", key=lease.key, error=type(exc).__name__)
 
 
 @contextlib.asynccontextmanager

@@ -29,7 +29,6 @@ Design — **SQLite first, then Redis, with one token and the SQLite fence**:
 from __future__ import annotations
 
 import asyncio
-import logging
 import secrets
 from dataclasses import replace
 
@@ -37,9 +36,10 @@ from warmupd.errors import ServiceUnavailable
 from warmupd.locks import AcquireObserver, Locks, spawn_background
 from warmupd.locks.redis import RedisLocks
 from warmupd.locks.sqlite import SqliteLocks
+from warmupd.logs import get_logger
 from warmupd.models import Acquired, AcquireResult, Held, Lease, Unavailable
 
-log = logging.getLogger("warmupd.locks.fallback")
+log = get_logger("warmupd.locks.fallback")
 
 POLICIES = ("sqlite", "skip")
 
@@ -82,7 +82,7 @@ class FallbackLocks(Locks):
 
     def _mark(self, up: bool) -> None:
         if up != self.redis_up:
-            log.warning("redis_%s policy=%s", "up" if up else "down", self.policy)
+            log.warning("redis.up" if up else "redis.down", policy=self.policy)
         self.redis_up = up
 
     def _part(self, lease: Lease, backend: str) -> Lease:
@@ -112,7 +112,7 @@ class FallbackLocks(Locks):
             return remote
         self._mark(False)
         if self.policy == "sqlite":
-            log.warning("lock_degraded key=%s reason=%s", key, remote.reason)
+            log.warning("lock_degraded", key=key, reason=remote.reason)
             return local
         await self._release_local(local.lease)
         return Unavailable("redis_unavailable")
@@ -121,7 +121,7 @@ class FallbackLocks(Locks):
         try:
             await self._sqlite.release(lease)
         except ServiceUnavailable as exc:
-            log.warning("lock_release_failed key=%s error=%s", lease.key, type(exc).__name__)
+            log.warning("lock_release_failed", key=lease.key, error=type(exc).__name__)
 
     async def renew(self, lease: Lease) -> bool:
         """See :meth:`Locks.renew`; a ``redis`` lease renews in both backends."""
@@ -165,7 +165,7 @@ class FallbackLocks(Locks):
             claimed = await self._redis.claim_fire(job, due_ms, ttl_ms)
         except ServiceUnavailable:
             self._mark(False)
-            log.warning("fire_claim_degraded job=%s due_ms=%s", job, due_ms)
+            log.warning("fire_claim_degraded", job=job, due_ms=due_ms)
             return True
         self._mark(True)
         return claimed

@@ -23,7 +23,6 @@ Details of the :class:`~warmupd.locks.Locks` contract here:
 from __future__ import annotations
 
 import asyncio
-import logging
 import secrets
 from typing import Any
 
@@ -37,9 +36,10 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from warmupd.clock import Clock
 from warmupd.errors import ServiceUnavailable
 from warmupd.locks import AcquireObserver, Locks, check_key, spawn_background
+from warmupd.logs import get_logger
 from warmupd.models import Acquired, AcquireResult, Held, Lease, Unavailable
 
-log = logging.getLogger("warmupd.locks.redis")
+log = get_logger("warmupd.locks.redis")
 
 # KEYS[1]=lock, KEYS[2]=fence; ARGV[1]=token, ARGV[2]=lease_ms -> fence (>0) or 0 when held.
 _ACQUIRE = """
@@ -153,7 +153,7 @@ class RedisLocks(Locks):
             spawn_background(self._release_token(key, token))
             raise
         except _ERRORS as exc:
-            log.debug("redis_acquire_failed key=%s error=%s", key, type(exc).__name__)
+            log.debug("redis_acquire_failed", key=key, error=type(exc).__name__)
             return Unavailable(_reason(exc))
         if int(fence) > 0:
             return Acquired(
@@ -237,7 +237,7 @@ class RedisLocks(Locks):
         except _ERRORS as exc:
             raise ServiceUnavailable(f"redis unreachable: {type(exc).__name__}") from exc
         for text in warnings:
-            log.warning("redis_check %s", text)
+            log.warning("redis.check", warning=text)
         return warnings
 
     async def close(self) -> None:

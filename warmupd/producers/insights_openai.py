@@ -15,7 +15,6 @@ item. The key is read from the environment at request time and scrubbed from eve
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import random
 from collections.abc import Awaitable, Callable
@@ -25,6 +24,7 @@ from typing import Any
 import aiohttp
 
 from warmupd.errors import ProducerError
+from warmupd.logs import get_logger
 from warmupd.models import Comparison
 from warmupd.producers import FactsRunner
 from warmupd.producers.insights_builtin import analyse, assemble
@@ -39,7 +39,7 @@ from warmupd.producers.openai_wire import (
     validate_output,
 )
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 RETRYABLE_STATUS = frozenset({408, 409, 429})
 BREAKER_STATUS = {401: "unauthorized", 403: "forbidden", 404: "model_not_found"}
@@ -138,7 +138,7 @@ class OpenAIInsights:
 
     def _open_breaker(self, reason: str) -> None:
         if self._breaker is None:
-            log.warning("AI calls stopped for the rest of this run: %s", reason)
+            log.warning("ai.stopped_for_run", reason=reason)
         self._breaker = reason
 
     def _check_breaker(self) -> None:
@@ -175,7 +175,12 @@ class OpenAIInsights:
             raise ProducerError(scrub(exc.message, key)) from None
         meaning, peaks, disagreement = merge(analysis, output)
         if disagreement:
-            log.warning("%s: %s; using the built-in summary", comparison.slug, disagreement)
+            log.warning(
+                "ai.winner_disagrees",
+                slug=comparison.slug,
+                detail=disagreement,
+                using="builtin summary",
+            )
         return assemble(
             comparison,
             meaning=meaning,
@@ -226,11 +231,11 @@ class OpenAIInsights:
                 backoff = min(MAX_RETRY_DELAY_S, INITIAL_RETRY_DELAY_S * 2**attempt)
                 delay = backoff * (1 - 0.25 * random.random())
             log.warning(
-                "AI request failed (%s); retry %d of %d in %.2f s",
-                result.message,
-                attempt + 1,
-                self._max_retries,
-                delay,
+                "ai.retry",
+                error=result.message,
+                attempt=attempt + 1,
+                max_retries=self._max_retries,
+                delay_s=round(delay, 2),
             )
             await self._sleep(delay)
         raise AssertionError("unreachable: the loop returns or raises")  # pragma: no cover
