@@ -262,6 +262,8 @@ async def test_housekeeping_purges_expired_entries_and_old_runs(world: World) ->
     record = await run(world, JOB_HOUSEKEEPING)
     assert record.status is RunStatus.SUCCESS
     assert record.processed == record.metadata["selected"] == 5
+    assert record.metadata["purged"]["cacheEntries"] == 1
+    assert record.metadata["purged"]["runs"] == 1
     rows = await world.cache.db.fetchall("SELECT key FROM cache_entries")
     assert [r["key"] for r in rows] == ["forecast:y:termA:h"]
     assert await world.runs.get(old.id) is None

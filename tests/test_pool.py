@@ -202,3 +202,20 @@ async def test_forecasts_in_the_pool_do_not_block_the_event_loop() -> None:
     # 5 ms ticks; a generous bound for a noisy 2-core machine. Blocking fits on the loop would
     # show gaps of hundreds of milliseconds (and the statsmodels import alone takes seconds).
     assert max(gaps) < 0.1, f"max loop gap {max(gaps) * 1000:.0f} ms"
+
+
+async def test_close_ends_workers_without_waiting_for_work_in_progress(clock: FakeClock) -> None:
+    pool = ProcessPool(workers=1, idle_shutdown_s=60, clock=clock, preload=())
+    assert await pool.run(os.getpid) != os.getpid()
+    executor = pool._executor
+    assert executor is not None
+    workers = list(executor._processes.values())  # type: ignore[attr-defined]
+    stuck = asyncio.ensure_future(pool.run(time.sleep, 600))  # a task no one will wait for
+    while not pool.in_flight():
+        await asyncio.sleep(0.01)
+    await pool.close()
+    assert workers
+    assert not any(w.is_alive() for w in workers)
+    with pytest.raises((ProducerError, asyncio.CancelledError)):
+        await stuck
+    assert not pool.is_running()

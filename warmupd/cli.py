@@ -200,6 +200,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     return {"success": 0, "skipped": 3}.get(record["status"], 1)
 
 
+def cmd_purge(args: argparse.Namespace) -> int:
+    """Purge now what housekeeping purges (expired cache entries, old runs, dead lock rows, old
+    fire claims), in the foreground under the housekeeping lock; prints what was deleted."""
+    from warmupd.config import JOB_HOUSEKEEPING
+    from warmupd.daemon import run_once
+
+    record = _run_async(run_once(_load(args), JOB_HOUSEKEEPING))
+    if args.json:
+        print(json.dumps(record, indent=2))
+    else:
+        purged = record["metadata"].get("purged", {})
+        print(f"purge {record['status']}: " + ", ".join(f"{k} {v}" for k, v in purged.items()))
+    return {"success": 0, "skipped": 3}.get(record["status"], 1)
+
+
 def _progress() -> Callable[[str, int, int, int], None]:
     """A progress bar on a TTY, plain lines otherwise (one per item)."""
     tty = sys.stderr.isatty()
@@ -385,6 +400,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("job", metavar="JOB")
     p.add_argument("--limit", type=_bounded(1, 1000), default=None)
     p.add_argument("--concurrency", type=_bounded(1, 64), default=None)
+    p.add_argument("--json", action="store_true")
+
+    p = add("purge", cmd_purge, "purge expired cache entries, old runs and dead lock rows now")
     p.add_argument("--json", action="store_true")
 
     p = add("calendar", cmd_calendar, "show the next fire times of a schedule")

@@ -24,7 +24,7 @@ from typing import Any
 
 from aiohttp import web
 
-from warmupd.clock import Clock, SystemClock
+from warmupd.clock import Clock, SystemClock, ms_to_iso
 from warmupd.config import Config
 from warmupd.errors import AlreadyRunning, LockedElsewhere, ServiceUnavailable
 from warmupd.http import create_app
@@ -92,20 +92,23 @@ class Daemon:
         self.notifier.ready()
         self.notifier.status(self._status_line())
 
-    def _status_line(self) -> str:
+    def _status_line(self, core: Core | None = None) -> str:
+        """systemd's STATUS=: what runs now and what fires next."""
+        running = (
+            [j for j in core.runner.job_names() if core.runner.running_run_id(j)] if core else []
+        )
+        head = f"running {', '.join(running)}" if running else "idle"
         if self.scheduler is None:
-            return "starting"
+            return head
         upcoming = [
             (ms, job)
             for job in self.scheduler.jobs
             if (ms := self.scheduler.next_run_ms(job)) is not None
         ]
         if not upcoming:
-            return "idle; nothing scheduled"
+            return f"{head}; nothing scheduled"
         ms, job = min(upcoming)
-        from warmupd.clock import ms_to_iso
-
-        return f"idle; next {job} {ms_to_iso(ms)}"
+        return f"{head}; next {job} {ms_to_iso(ms)}"
 
     async def run(self) -> int:
         """Run until stopped; returns the exit code."""
@@ -234,6 +237,7 @@ class Daemon:
     async def _heartbeat(self, core: Core) -> None:
         while True:
             await self.clock.sleep(HEARTBEAT_S)
+            self.notifier.status(self._status_line(core))
             try:
                 await core.nodes.heartbeat(self.node, self.clock.wall_ms())
             except Exception as exc:  # noqa: BLE001 - a busy DB must not kill the heartbeat

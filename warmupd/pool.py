@@ -188,11 +188,34 @@ class ProcessPool:
         await self.close()
 
     async def close(self) -> None:
-        """Stop the reaper, cancel queued tasks and wait for the worker processes to exit."""
+        """Stop the reaper, cancel queued tasks and end the worker processes.
+
+        Unlike the idle shutdown, this does not wait for work in progress: it runs when the daemon
+        stops, after every run was finished or cancelled, so anything still in a worker (or a worker
+        still importing statsmodels at start) has no one waiting for it. The workers get SIGTERM, so
+        a stop within ``shutdown_grace`` is not held up by a 2–3 s worker start.
+        """
         if self._reaper is not None:
             self._reaper.cancel()
             # gather() absorbs the reaper's own CancelledError but still propagates a
             # cancellation of the task that is closing the pool.
             await asyncio.gather(self._reaper, return_exceptions=True)
             self._reaper = None
-        await self._shutdown()
+        executor, self._executor = self._executor, None
+        self._pending = set()
+        if executor is None:
+            return
+        # ProcessPoolExecutor has no public way to end its workers before Python 3.14
+        # (terminate_workers); its process table is the documented-by-source way to reach them.
+        processes = list(getattr(executor, "_processes", {}).values())
+        executor.shutdown(wait=False, cancel_futures=True)
+        for process in processes:
+            if process.is_alive():
+                process.terminate()
+        await asyncio.to_thread(_join_all, processes, 5.0)
+
+
+def _join_all(processes: list[Any], timeout_s: float) -> None:
+    """Join terminated workers (on a thread: joining blocks)."""
+    for process in processes:
+        process.join(timeout_s)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from warmupd.config import JobConfig
 
@@ -101,3 +101,7 @@ class Job(abc.ABC, Generic[ItemT]):
 
     def start_run(self) -> None:
         """Called once before the first item of a run (e.g. to reset an AI breaker)."""
+
+    def summary(self) -> dict[str, Any]:
+        """What the run did beyond its item counts, merged into the run's metadata at the end."""
+        return {}

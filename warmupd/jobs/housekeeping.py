@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from warmupd.config import JOB_HOUSEKEEPING
 from warmupd.jobs.base import Fencing, ItemOutcome, Job, RunSettings
 from warmupd.runs import NodeStore, RunStore
 from warmupd.store import CacheStore, WarmupStore
 
-PurgeLocks = Callable[[int], Awaitable[object]]
-"""Deletes free or expired lock rows and expired fire claims without resetting any fence."""
+PurgeLocks = Callable[[int], Awaitable[tuple[int, int]]]
+"""Deletes expired fire claims and free or expired lock rows without resetting any fence;
+returns ``(fire claims, lock rows)`` deleted."""
 
 
 @dataclass(frozen=True)
@@ -46,7 +48,15 @@ class HousekeepingJob(Job[Chore]):
         self.purge_locks = purge_locks
         self.stale_ttl_ms = stale_ttl_ms
         self.node_stale_ms = node_stale_ms
-        self.purged: dict[str, object] = {}
+        self.purged: dict[str, int] = {}
+
+    def start_run(self) -> None:
+        """Each run reports only its own purges."""
+        self.purged = {}
+
+    def summary(self) -> dict[str, Any]:
+        """``{"purged": {chore: rows deleted}}``."""
+        return {"purged": dict(self.purged)}
 
     async def select(self, settings: RunSettings, now_ms: int) -> list[Chore]:
         """The chores, each with its cut-off instant."""
@@ -61,19 +71,19 @@ class HousekeepingJob(Job[Chore]):
         return chores
 
     async def process(self, item: Chore, fencing: Fencing, now_ms: int) -> ItemOutcome:
-        """Run one purge."""
+        """Run one purge and remember how many rows it deleted."""
         if item.name == "cache":
-            result: object = await self.cache.purge_expired(item.older_than_ms)
+            self.purged["cacheEntries"] = await self.cache.purge_expired(item.older_than_ms)
         elif item.name == "runs":
-            result = await self.runs.purge(item.older_than_ms)
+            self.purged["runs"] = await self.runs.purge(item.older_than_ms)
         elif item.name == "warmups":
-            result = await self.warmups.purge_before(item.older_than_ms)
+            self.purged["warmups"] = await self.warmups.purge_before(item.older_than_ms)
         elif item.name == "nodes":
-            result = await self.nodes.purge(item.older_than_ms)
+            self.purged["nodes"] = await self.nodes.purge(item.older_than_ms)
         else:
             assert self.purge_locks is not None
-            result = await self.purge_locks(item.older_than_ms)
-        self.purged[item.name] = result
+            claims, rows = await self.purge_locks(item.older_than_ms)
+            self.purged["fireClaims"], self.purged["lockRows"] = claims, rows
         return ItemOutcome.processed()
 
     def label(self, item: Chore) -> str:

@@ -286,6 +286,7 @@ class JobRunner:
                         group.create_task(worker())
                 if handle.is_lost:
                     active.stop_now("lock_lost")
+                metadata.update(job.summary())
             status, reason = self._final_status(active, tally, len(items))
         except asyncio.CancelledError:
             # Only the daemon cancels a run task, after the shutdown grace ran out.
