@@ -6,14 +6,13 @@ and raw figures and cleans up after itself.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
 
 from bench import common, p4_locks, p5_scheduler, p8_selection
-from tests.conftest import redis_available
+from tests.lock_support import require_redis
 
 
 def test_percentile_and_describe() -> None:
@@ -47,10 +46,7 @@ async def test_p4_sqlite_smoke(tmp_path: Path) -> None:
 
 
 async def test_p4_redis_smoke() -> None:
-    if not redis_available():
-        if os.environ.get("CI"):
-            pytest.fail("Redis at 127.0.0.1:6379 is required in CI")
-        pytest.skip("no Redis on 127.0.0.1:6379")
+    require_redis()
     rates = await p4_locks.bench_redis(20, 2)
     assert set(rates) == {"warmupd", "redis-py"}
     assert all(len(v) == 2 and min(v) > 0 for v in rates.values())
