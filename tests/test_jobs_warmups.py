@@ -354,3 +354,38 @@ async def test_pack_reports_missing_schedules_warmup_and_serves_stale(world: Wor
     assert world.on_demand.flight_state("pack-me", c.data_hash) is not None  # background refresh
     with pytest.raises(NotFound):
         await world.service.pack("nope")
+
+
+async def test_short_comparison_is_ready_without_forecasts(world: World) -> None:
+    now = world.clock.wall_ms()
+    c = comparison("short", n=4)  # below forecast.min_points (7): forecasts never apply
+    await world.comparisons.upsert(c, now)
+    assert (await world.on_demand.request("short", None))["status"] == "queued"
+    while world.on_demand.flight_state("short", c.data_hash) is not None:
+        await asyncio.sleep(0.01)
+    assert world.cpu.calls.count("forecast_term") == 0
+    assert (await world.on_demand.request("short", None))["status"] == "ready"
+    pack = await world.service.pack("short")
+    assert (pack["needsWarmup"], pack["freshness"]) == (False, "fresh")
+    assert pack["forecasts"] == {"termA": None, "termB": None}
+    assert pack["insights"] is not None
+    assert world.on_demand.flight_state("short", c.data_hash) is None  # no pointless warmup
+    assert (await world.service.warmup_status("short"))["warmup"] == "ready"
+
+
+async def test_on_demand_shutdown_records_the_run_cancelled(world: World) -> None:
+    now = world.clock.wall_ms()
+    c = comparison("stopping")
+    await world.comparisons.upsert(c, now)
+    world.cpu.gate = asyncio.Event()  # the computation never finishes by itself
+    await world.on_demand.request("stopping", None)
+    while world.on_demand.in_flight() < 1 or not world.cpu.calls:
+        await asyncio.sleep(0.01)
+    await world.on_demand.shutdown(0)
+    (record,) = await world.runs.list_runs(job="warmup-on-demand", limit=5)
+    assert (record.status, record.reason) == (RunStatus.CANCELLED, "shutdown")
+    row = await world.warmups.get("stopping", c.data_hash)
+    assert row is not None
+    assert row.status is WarmupState.FAILED
+    with pytest.raises(QueueFull):  # no new warmups once stopping
+        await world.on_demand.request("stopping", None)

@@ -104,7 +104,7 @@ class OnDemand:
         flight = self._flights.get((slug, current_hash))
         if flight is None:
             states = await self.warmer.states(slug, current_hash, self.clock.wall_ms())
-            if all(s.up_to_date for s in states.values()):
+            if all(states[p].up_to_date for p in self.warmer.applicable(head.points)):
                 self._count("ready")
                 return self._answer(slug, current_hash, WarmupState.READY)
             flight = self.schedule(slug, current_hash)
@@ -221,8 +221,12 @@ class OnDemand:
             },
         )
         await self.warmups.set(slug, data_hash, WarmupState.RUNNING, now, run_id=run_id)
-        status, reason, error = RunStatus.SUCCESS, None, None
-        counts = {"processed": 0, "skipped": 0, "failed": 0}
+        # Until the computation ends one way or another, the run counts as cancelled: a shutdown
+        # that cancels this task leaves exactly that in the record.
+        status = RunStatus.CANCELLED
+        reason: str | None = "shutdown"
+        error: str | None = "cancelled (shutdown)"
+        counts = {"processed": 0, "skipped": 0, "failed": 1}
         try:
             async with renewing(self.locks, lease, self.clock, started_monotonic=started) as handle:
                 comparison = await self._current(slug, data_hash)
@@ -237,16 +241,18 @@ class OnDemand:
                     )
                 finally:
                     lost.cancel()
-                if task not in done:
-                    task.cancel()
-                    await asyncio.wait({task})
-                    status = RunStatus.FAILED if handle.is_lost else RunStatus.CANCELLED
-                    reason = error = "lock_lost" if handle.is_lost else "max_duration"
-                    counts["failed"] = 1
-                else:
+                    if not task.done():
+                        task.cancel()
+                        await asyncio.wait({task})
+                if task in done:
                     outcome = task.result()
                     self.computations += outcome.result is ItemResult.PROCESSED
-                    counts[outcome.result.value] = 1
+                    status, reason, error = RunStatus.SUCCESS, None, None
+                    counts = {"processed": 0, "skipped": 0, "failed": 0, outcome.result.value: 1}
+                elif handle.is_lost:
+                    status, reason, error = RunStatus.FAILED, "lock_lost", "lock_lost"
+                else:
+                    status, reason, error = RunStatus.CANCELLED, "max_duration", "max_duration"
         except Exception as exc:
             if not isinstance(exc, WarmupdError):
                 log.exception("ondemand.error", slug=slug)

@@ -92,6 +92,16 @@ class Warmer:
         """The version an insight pack must carry to count as current."""
         return f"{self.insights.provider}/{self.insights.model}/{self.insights.prompt_version}"
 
+    def applicable(self, points: int) -> list[str]:
+        """The parts a comparison of ``points`` points can have: no forecasts below ``min_points``.
+
+        Reads and on-demand warmups judge "ready" and "needs warmup" on these only, so a short
+        comparison does not ask for a forecast warmup on every read.
+        """
+        if points < self.forecast_config.min_points:
+            return [INSIGHTS_PART]
+        return list(PARTS)
+
     def version_of(self, part: str) -> str:
         """The current version of ``part``."""
         return self.insights_version if part == INSIGHTS_PART else PREDICTION_ENGINE_VERSION

@@ -74,7 +74,7 @@ class ComparisonService:
             state = flight
         elif row is not None:
             state = row.status
-        elif all(s.up_to_date for s in states.values()):
+        elif all(states[p].up_to_date for p in self.warmer.applicable(head.points)):
             state = WarmupState.READY
         else:
             state = WarmupState.IDLE
@@ -106,8 +106,9 @@ class ComparisonService:
             values[part] = entry.value
             fresh = entry.freshness is Freshness.FRESH and current
             shown[part] = Freshness.FRESH if fresh else Freshness.STALE
-        missing = any(f is Freshness.MISSING for f in shown.values())
-        stale = any(f is Freshness.STALE for f in shown.values())
+        wanted = self.warmer.applicable(head.points)
+        missing = any(shown[p] is Freshness.MISSING for p in wanted)
+        stale = any(shown[p] is Freshness.STALE for p in wanted)
         if missing or (stale and self._config().cache.stale_while_revalidate):
             try:
                 self.on_demand.schedule(slug, head.data_hash)
