@@ -25,7 +25,11 @@ _ERROR_TEXT = {
     415: "unsupported_media_type: the body is not application/json",
     429: "already_running / locked_elsewhere / queue_full; retry after Retry-After seconds",
     500: "internal: no stack trace in the body",
-    503: "secret_not_configured: the endpoint's secret is unset (fail closed)",
+    503: (
+        "secret_not_configured: the endpoint's secret is unset (fail closed); unavailable: the "
+        "lock backend cannot be asked (Redis down with redis.on_unavailable = skip) or the "
+        "daemon is shutting down"
+    ),
 }
 
 _REQUEST_ID = {"$ref": "#/components/headers/XRequestId"}
