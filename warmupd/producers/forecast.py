@@ -24,10 +24,11 @@ from warmupd.models import short_hash
 from warmupd.producers.cadence import Cadence, infer_cadence, parse_dates
 from warmupd.producers.forecast_summary import Path, summarise
 
-PREDICTION_ENGINE_VERSION = "2"
+PREDICTION_ENGINE_VERSION = "3"
 """Part of every cache entry's "up to date" check: bump it whenever outputs change for one input.
 
-The site's engine was version "1"; this engine's numbers and fields differ, so it starts at "2".
+The site's engine was version "1"; this engine's numbers and fields differ, so it started at "2".
+"3": spikes are winsorised before the fit, and the fit runs on raw or log1p data by AICc.
 """
 
 # Two-sided standard normal quantiles for the fallback's Gaussian intervals.
@@ -140,44 +141,125 @@ def interval_widening(n: int) -> float:
     return 1.5 if n < 60 else 1.2
 
 
-def ets_path(y: list[float], cadence: Cadence, steps: int) -> Path:
-    """Fit ETS(A,Ad,·) and take its analytic 80 %/95 % intervals, widened about the mean.
+# A point is a spike when it is this many robust σ off both its centred rolling median and its
+# one-step ETS prediction (same side). Chosen on a development set disjoint from the benchmark's.
+_SPIKE_SIGMAS = 2.5
+_SPIKE_WINDOW = {"daily": 7, "weekly": 5, "monthly": 5}
+_MAD_TO_SIGMA = 1.4826
 
-    :raises ValueError: (or a subclass) when statsmodels cannot fit the series.
-    :raises ProducerError: when the fit produced non-finite numbers.
-    """
+
+def _fit(y: Any, m: int, *, log: bool, start: Any = None) -> Any:
+    """One ETS(A,Ad,·) fit on ``y`` (or on ``log1p(y)``); returns the statsmodels results."""
+    import numpy as np
     import pandas as pd
     from statsmodels.tsa.exponential_smoothing.ets import ETSModel
 
-    n = len(y)
-    m = seasonal_period(n, cadence)
+    z = np.log1p(y) if log else y
+    model = ETSModel(
+        pd.Series(z, dtype=float),  # get_prediction needs an index (fails on a bare ndarray)
+        error="add",
+        trend="add",
+        damped_trend=True,
+        seasonal="add" if m else None,
+        seasonal_periods=m or None,
+        # With 52 seasonal states the estimated initialisation is slow and unstable.
+        initialization_method="heuristic" if m >= 24 else "estimated",
+    )
     with warnings.catch_warnings():
         # Convergence and start-value warnings are routine on short noisy series and say nothing
         # the interval width does not; pytest runs with filterwarnings=error.
         warnings.simplefilter("ignore")
-        model = ETSModel(
-            pd.Series(y, dtype=float),  # get_prediction needs an index (fails on a bare ndarray)
-            error="add",
-            trend="add",
-            damped_trend=True,
-            seasonal="add" if m else None,
-            seasonal_periods=m or None,
-            # With 52 seasonal states the estimated initialisation is slow and unstable.
-            initialization_method="heuristic" if m >= 24 else "estimated",
+        return model.fit(disp=False, start_params=start)
+
+
+def despike(y: Any, residuals: Any, cadence: Cadence) -> Any:
+    """Winsorise one-off spikes to the edge of their rolling-median band; ``y`` if there are none.
+
+    Search interest has news spikes that drag ETS's level and trend for weeks. A spike must stand
+    out from *both* a centred rolling median (robust to the spike itself and to level shifts) and
+    the fit's one-step prediction (which knows the trend and the seasonal cycle, so that a smooth
+    seasonal peak, far from its rolling median, is not mistaken for one).
+
+    :param y: the series as a float ndarray.
+    :param residuals: the one-step residuals of an ETS fit on ``y``.
+    :returns: a new ndarray (or ``y`` itself when nothing is flagged).
+    """
+    import numpy as np
+
+    n, width = len(y), _SPIKE_WINDOW[cadence.name]
+    # Centred windows, shifted inwards at both ends so that they keep their full width: a
+    # truncated window at the end of the series would be half spike and follow it.
+    starts = [max(0, min(t - width // 2, n - width)) for t in range(n)]
+    median = np.array([np.median(y[s : s + width]) for s in starts])
+    off = y - median
+    # Index points are integers: a robust σ below 1 would flag ordinary rounding noise (and, for
+    # the fit's residuals, every point of a series the model reproduces almost exactly).
+    sigma_off = max(1.0, _MAD_TO_SIGMA * float(np.median(np.abs(off - np.median(off)))))
+    res = np.asarray(residuals, dtype=float)
+    sigma_res = max(1.0, _MAD_TO_SIGMA * float(np.median(np.abs(res - np.median(res)))))
+    k = _SPIKE_SIGMAS
+    far_off = np.abs(off) > k * sigma_off
+    surprising = (np.abs(res) > k * sigma_res) & (np.sign(off) == np.sign(res))
+    flagged = np.zeros(n, dtype=bool)
+    for t in range(n):
+        # Right after a spike the fit's prediction is itself dragged (the residual of the spike's
+        # decaying tail is even negative), so there the rolling median alone decides. Without this
+        # a spike in the last days would be clipped at its peak only, leaving a ramp to extend.
+        after_spike = t > 0 and flagged[t - 1] and off[t] * off[t - 1] > 0
+        flagged[t] = far_off[t] and (surprising[t] or after_spike)
+    if not flagged.any():
+        return y
+    band = np.clip(y, median - k * sigma_off, median + k * sigma_off)
+    return np.where(flagged, band, y)
+
+
+def ets_path(y: list[float], cadence: Cadence, steps: int) -> Path:
+    """ETS(A,Ad,·) on the despiked series, raw or log1p by AICc; widened analytic intervals.
+
+    Steps: fit the SPEC model on the data; winsorise spikes that both a rolling median and that
+    fit's residuals single out (:func:`despike`) and refit if any were; fit the same model to
+    ``log1p`` of the cleaned series; keep the fit with the lower AICc on the data's own scale
+    (the log fit's likelihood gains the transform's Jacobian, ``Σ log1p(y)``). The log fit suits
+    series whose noise grows with the level, the raw fit smooth ones; AICc tells them apart
+    in-sample. Intervals are the chosen fit's analytic 80 %/95 % bands, widened about the mean (in
+    log space for the log fit, then mapped back, which keeps them asymmetric like the data).
+
+    :raises ValueError: (or a subclass) when statsmodels cannot fit the series.
+    :raises ProducerError: when the fit produced non-finite numbers.
+    """
+    import numpy as np
+
+    n = len(y)
+    m = seasonal_period(n, cadence)
+    raw = np.asarray(y, dtype=float)
+    with warnings.catch_warnings():
+        # Convergence and start-value warnings are routine on short noisy series and say nothing
+        # the interval width does not; pytest runs with filterwarnings=error.
+        warnings.simplefilter("ignore")
+        first = _fit(raw, m, log=False)
+        clean = despike(raw, first.resid, cadence)
+        despiked = clean is not raw
+        fit_raw = _fit(clean, m, log=False, start=first.params) if despiked else first
+        # log1p needs y > -1; the index is never negative, but the engine must not assume it.
+        fit_log = _fit(clean, m, log=True) if float(clean.min()) >= 0 else None
+        log = fit_log is not None and bool(
+            fit_log.aicc + 2.0 * float(np.sum(np.log1p(clean))) < fit_raw.aicc
         )
-        result = model.fit(disp=False)
-        prediction = result.get_prediction(start=n, end=n + steps - 1)
+        chosen = fit_log if log and fit_log is not None else fit_raw
+        prediction = chosen.get_prediction(start=n, end=n + steps - 1)
         frame80 = prediction.summary_frame(alpha=0.20)
         frame95 = prediction.summary_frame(alpha=0.05)
-    mean = [float(v) for v in frame80["mean"]]
+    mean = np.asarray(frame80["mean"], dtype=float)
     widen = interval_widening(n)
 
     def widened(frame: Any, column: str) -> list[float]:
-        return [mu + widen * (float(b) - mu) for mu, b in zip(mean, frame[column], strict=True)]
+        bound = mean + widen * (np.asarray(frame[column], dtype=float) - mean)
+        return [float(v) for v in (np.expm1(bound) if log else bound)]
 
+    label = f"A,Ad,{'A' + str(m) if m else 'N'}"
     path = Path(
-        model=f"ets(A,Ad,{'A' + str(m) if m else 'N'})",
-        mean=mean,
+        model=f"ets({label}){'/log1p' if log else ''}",
+        mean=[float(v) for v in (np.expm1(mean) if log else mean)],
         lower80=widened(frame80, "pi_lower"),
         upper80=widened(frame80, "pi_upper"),
         lower95=widened(frame95, "pi_lower"),
