@@ -300,3 +300,25 @@ def test_job_config_defaults_match_the_spec() -> None:
     job = parse_config({}, env={}).jobs[JOB_FORECASTS]
     assert isinstance(job, JobConfig)
     assert (job.limit, job.concurrency, job.window_ms) == (50, 5, 7 * 86_400_000)
+
+
+async def test_scheduler_hooks_run_fires_and_record_misfires(world: World) -> None:
+    from warmupd.models import Fire
+    from warmupd.scheduler_loop import Misfire
+
+    step = Step("s")
+    step.release.set()
+    job = ScriptedJob([step])
+    runner = world.runner(job)
+    await runner.on_fire(Fire(job=job.name, due_ms=1_000, trigger=Trigger.STARTUP, coalesced=3))
+    while runner.running_run_id(job.name) is not None:
+        await asyncio.sleep(0.01)
+    await runner.on_misfire(Misfire(job=job.name, first_due_ms=10, last_due_ms=20, count=2))
+    held = await world.other.acquire(job.lock_key, 60_000)
+    assert isinstance(held, Acquired)
+    await runner.on_fire(Fire(job=job.name, due_ms=2_000))  # refused: recorded, never raised
+    runs = {r.reason: r for r in await world.runs.list_runs(limit=10)}
+    assert runs[None].trigger is Trigger.STARTUP
+    assert runs[None].metadata["dueAt"] == 1_000
+    assert runs["misfired"].metadata == {"firstDueAt": 10, "lastDueAt": 20, "missed": 2}
+    assert runs["locked_elsewhere"].metadata["dueAt"] == 2_000
