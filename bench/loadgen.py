@@ -133,8 +133,17 @@ def _run_wrk(
         script = Path(tmp) / "requests.lua"
         script.write_text(wrk_script(requests), encoding="utf-8")
         out = subprocess.run(
-            ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration_s:g}s", "--timeout", "10s"]
-            + ["-s", str(script), base_url],
+            [
+                "wrk",
+                f"-t{threads}",
+                f"-c{connections}",
+                f"-d{duration_s:g}s",
+                "--timeout",
+                "10s",
+                "-s",
+                str(script),
+                base_url,
+            ],
             capture_output=True,
             text=True,
             timeout=duration_s + 60,

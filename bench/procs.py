@@ -7,6 +7,7 @@ the daemon's pool workers are its own children and are reaped by it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -69,7 +70,7 @@ def http_json(
     for key, value in (headers or {}).items():
         req.add_header(key, value)
     try:
-        with urllib.request.urlopen(req, timeout=timeout_s) as resp:  # noqa: S310 - loopback only
+        with urllib.request.urlopen(req, timeout=timeout_s) as resp:
             raw, status, ctype = resp.read(), resp.status, resp.headers.get("Content-Type", "")
     except urllib.error.HTTPError as err:
         raw, status, ctype = err.read(), err.code, err.headers.get("Content-Type", "")
@@ -148,9 +149,9 @@ def mapped_libraries(pid: int, needles: tuple[str, ...]) -> list[str]:
         with open(f"/proc/{pid}/maps", encoding="utf-8") as f:
             for line in f:
                 path = line.split()[-1] if len(line.split()) >= 6 else ""
-                if path.endswith(".so") or ".so." in path:
-                    if any(n in path for n in needles):
-                        found.add(path)
+                is_library = path.endswith(".so") or ".so." in path
+                if is_library and any(n in path for n in needles):
+                    found.add(path)
     except (FileNotFoundError, ProcessLookupError):
         pass
     return sorted(found)
@@ -214,8 +215,18 @@ class BenchDaemon:
     def demo_data(self, count: int, seed: int = 7) -> None:
         """``warmupd demo-data --count N`` into the state file (a CLI subprocess)."""
         subprocess.run(
-            [sys.executable, "-m", "warmupd", "demo-data", "-c", str(self.config_path)]
-            + ["--count", str(count), "--seed", str(seed)],
+            [
+                sys.executable,
+                "-m",
+                "warmupd",
+                "demo-data",
+                "-c",
+                str(self.config_path),
+                "--count",
+                str(count),
+                "--seed",
+                str(seed),
+            ],
             check=True,
             env=self._env(),
             capture_output=True,
@@ -243,10 +254,8 @@ class BenchDaemon:
         for pid in left:
             # Only pids that were this daemon's children a moment ago and are still orphans.
             if cmdline(pid) and "multiprocessing" in cmdline(pid):
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
 
     def __enter__(self) -> BenchDaemon:
         return self
