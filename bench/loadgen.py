@@ -62,15 +62,18 @@ def _lua_str(text: str) -> str:
 
 def wrk_script(requests: list[Request]) -> str:
     """A wrk Lua script: round robin over ``requests``; ``done()`` prints one ``WRKJSON`` line."""
-    lines = ["local reqs = {}"]
+    # The requests are formatted in init(): wrk.format() fills in the Host header from wrk.host,
+    # which is not set yet while the script's top level runs (every request would be a 400).
+    lines = ["local reqs = {}", "local function build()"]
     for i, r in enumerate(requests, 1):
-        headers = ", ".join(f"[{_lua_str(k)}] = {_lua_str(v)}" for k, v in r.headers)
+        # "[ [=[k]=] ]": without the spaces "[[" would open a long string.
+        headers = ", ".join(f"[ {_lua_str(k)} ] = {_lua_str(v)}" for k, v in r.headers)
         body = _lua_str(r.body) if r.body is not None else "nil"
         lines.append(
-            f"reqs[{i}] = wrk.format({_lua_str(r.method)}, {_lua_str(r.path)}, {{{headers}}}, {body})"
+            f"  reqs[{i}] = wrk.format({_lua_str(r.method)}, {_lua_str(r.path)}, {{{headers}}}, {body})"
         )
     lines.append(
-        """
+        """end
 local i = 0
 local counter = 0
 function setup(thread)
@@ -78,6 +81,7 @@ function setup(thread)
   counter = counter + 97
 end
 function init(args)
+  build()
   i = (offset or 0) % #reqs
 end
 function request()

@@ -178,7 +178,7 @@ class BenchDaemon:
             "jobs": {
                 # Far from any plausible run time: only the bench triggers these jobs.
                 "warmup-forecasts": {"schedule": "0 2 1 1 *"},
-                "warmup-ai-explanations": {"schedule": "0 3 1 1 *"},
+                "warmup-ai-explanations": {"schedule": "0 3 1 1 *", "min_views": 0},
                 "housekeeping": {"schedule": "17 4 1 1 *"},
             },
         }
@@ -279,6 +279,23 @@ class BenchDaemon:
         if status != 200:
             raise RuntimeError(f"{job}: HTTP {status}: {body}")
         return body
+
+    def warm(self) -> list[str]:
+        """Run the forecasts and insights jobs over every comparison; their slugs.
+
+        The config must let the insights job select them all (``min_views = 0``); every pack is
+        then checked to be ``fresh``.
+        """
+        slugs = self.slugs()
+        for job in ("warmup-forecasts", "warmup-ai-explanations"):
+            record = self.run_job(job, limit=len(slugs))
+            if record["status"] != "success" or record["failed"]:
+                raise RuntimeError(f"{job} did not warm everything: {record}")
+        for slug in slugs:
+            status, pack = self.request("GET", f"/api/comparison/{slug}")
+            if status != 200 or pack["freshness"] != "fresh":
+                raise RuntimeError(f"{slug} is not warm: HTTP {status} {str(pack)[:200]}")
+        return slugs
 
     def slugs(self, limit: int = 1000) -> list[str]:
         """Slugs in the state file, in slug order (read directly; the daemon is the API's owner)."""
