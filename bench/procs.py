@@ -328,8 +328,11 @@ def wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout_s: float, log:
 class BenchApp:
     """A reference server (``python -m bench.bare_app`` or ``bench.onloop_app``) on a free port."""
 
-    def __init__(self, workdir: Path, module: str, *args: str) -> None:
+    def __init__(
+        self, workdir: Path, module: str, *args: str, env: dict[str, str] | None = None
+    ) -> None:
         self.port = free_port()
+        self.env = child_env(env)
         self.log_path = workdir / f"{module.rsplit('.', 1)[-1]}-{self.port}.log"
         self.argv = [sys.executable, "-m", module, "--port", str(self.port), *args]
         self.proc: subprocess.Popen[bytes] | None = None
@@ -341,7 +344,7 @@ class BenchApp:
 
     def __enter__(self) -> BenchApp:
         with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(self.argv, stdout=log, stderr=log, env=child_env())
+            self.proc = subprocess.Popen(self.argv, stdout=log, stderr=log, env=self.env)
         wait_healthy(self.url, self.proc, 30.0, self.log_path)
         return self
 
