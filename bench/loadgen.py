@@ -141,7 +141,7 @@ def _run_wrk(
                 "wrk",
                 f"-t{threads}",
                 f"-c{connections}",
-                f"-d{duration_s:g}s",
+                f"-d{max(1, round(duration_s))}s",
                 "--timeout",
                 "10s",
                 "-s",
@@ -207,6 +207,8 @@ def run_load(
     threads: int = 2,
 ) -> dict[str, Any]:
     """Drive ``base_url`` with ``connections`` closed-loop connections for ``duration_s``.
+
+    wrk takes whole seconds only: ``duration_s`` is rounded for it (at least 1 s).
 
     :returns: ``{tool, connections, requests, duration_s, rps, p50_ms, p90_ms, p99_ms, max_ms,
         non2xx, errors}``.

@@ -194,7 +194,7 @@ def run(quick: bool = False, tool: str = "auto") -> Result:
             warm_n=3 if quick else 40,
             cold_n=5 if quick else 100,
             burst=100 if quick else 1000,
-            duration_s=1.5 if quick else 5.0,
+            duration_s=2.0 if quick else 5.0,
             repetitions=1 if quick else 3,
             tool=chosen,
         )
@@ -257,7 +257,7 @@ def run(quick: bool = False, tool: str = "auto") -> Result:
 def main(argv: list[str] | None = None) -> int:
     """``python -m bench.p3_warmup_latency [--quick] [--tool auto|wrk|aiohttp]``; exit 1 if missed."""
     parser = argparse.ArgumentParser(prog="python -m bench.p3_warmup_latency", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="small sizes, one 1.5 s run each")
+    parser.add_argument("--quick", action="store_true", help="small sizes, one 2 s run each")
     parser.add_argument("--tool", default="auto", choices=["auto", "wrk", "aiohttp"])
     args = parser.parse_args(argv)
     result = run(args.quick, args.tool)
