@@ -1,8 +1,10 @@
 """``python -m bench [--quick] [names…]``: run the chosen benchmarks (default: all) and summarise.
 
-Names: ``p4`` (locks), ``p5`` (scheduler), ``p8`` (selection), ``p9`` (forecast quality). P1, P2,
-P3, P6 and P7 need the jobs/HTTP/daemon layers and are not here yet. Every benchmark is bounded in
-time and talks only to loopback (the machine's Redis at 127.0.0.1:6379 for P4).
+Names: ``p1`` (job makespan), ``p2`` (loop lag under a forecast run), ``p3`` (warmup POST latency,
+single flight), ``p4`` (locks), ``p5`` (scheduler), ``p6`` (memory), ``p7`` (pack GET throughput),
+``p8`` (selection), ``p9`` (forecast quality). Every benchmark is bounded in time and talks only to
+loopback (the machine's Redis at 127.0.0.1:6379 for P4; daemons and reference servers it starts on
+free loopback ports, ended by pid).
 """
 
 from __future__ import annotations
@@ -15,6 +17,36 @@ from collections.abc import Callable
 from bench import common
 
 Runner = Callable[[bool], common.Result]
+
+
+def _p1(quick: bool) -> common.Result:
+    from bench import p1_makespan
+
+    return p1_makespan.run(quick)
+
+
+def _p2(quick: bool) -> common.Result:
+    from bench import p2_loop_lag
+
+    return p2_loop_lag.run(quick)
+
+
+def _p3(quick: bool) -> common.Result:
+    from bench import p3_warmup_latency
+
+    return p3_warmup_latency.run(quick)
+
+
+def _p6(quick: bool) -> common.Result:
+    from bench import p6_memory
+
+    return p6_memory.run(quick)
+
+
+def _p7(quick: bool) -> common.Result:
+    from bench import p7_pack_throughput
+
+    return p7_pack_throughput.run(quick)
 
 
 def _p4(quick: bool) -> common.Result:
@@ -52,7 +84,17 @@ def _p9(quick: bool) -> common.Result:
     return common.Result("p9_forecast", [verdict], wall_s=time.perf_counter() - started)
 
 
-BENCHMARKS: dict[str, Runner] = {"p4": _p4, "p5": _p5, "p8": _p8, "p9": _p9}
+BENCHMARKS: dict[str, Runner] = {
+    "p1": _p1,
+    "p2": _p2,
+    "p3": _p3,
+    "p4": _p4,
+    "p5": _p5,
+    "p6": _p6,
+    "p7": _p7,
+    "p8": _p8,
+    "p9": _p9,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

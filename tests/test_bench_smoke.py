@@ -11,7 +11,19 @@ from pathlib import Path
 
 import pytest
 
-from bench import common, p4_locks, p5_scheduler, p8_selection
+from bench import (
+    common,
+    loadgen,
+    p1_makespan,
+    p2_loop_lag,
+    p3_warmup_latency,
+    p4_locks,
+    p5_scheduler,
+    p6_memory,
+    p7_pack_throughput,
+    p8_selection,
+)
+from bench.procs import BenchApp, BenchDaemon, pool_workers
 from tests.lock_support import require_redis
 
 
@@ -72,3 +84,110 @@ async def test_p8_smoke(tmp_path: Path) -> None:
     assert data["insights_worst"]["rows"] == 0
     assert data["forecasts_worst"]["rows"] == 10
     assert any("comparisons_popularity" in line for line in data["plan_forecasts"])
+
+
+def test_p1_bounds() -> None:
+    items = [0.3, 0.1, 0.1, 0.1, 0.1, 0.1]
+    assert p1_makespan.lower_bound(items, 2) == pytest.approx(0.4)
+    # Sliding: the long item on one slot, the five short ones through the other → 0.4 (= bound);
+    # batches of two wait for the long item first → 0.3 + 0.1 + 0.1.
+    assert p1_makespan.ideal_sliding(items, 2) == pytest.approx(0.4)
+    assert p1_makespan.ideal_batches(items, 2) == pytest.approx(0.5)
+    scaled = p1_makespan.latencies(200, 0.05)
+    assert len(scaled) == 200
+    assert sum(scaled) / p1_makespan.CONCURRENCY == pytest.approx(0.05)
+
+
+async def test_p1_runs_the_real_runner(tmp_path: Path) -> None:
+    items = p1_makespan.latencies(20, 0.02)
+    samples = await p1_makespan.measure(items, 1, tmp_path / "p1.db")
+    assert samples["records"] == ["success/20"]
+    assert len(samples["warmupd"]) == len(samples["fixed_batches"]) == 1
+
+
+def test_wrk_script_quotes_and_builds_in_init() -> None:
+    script = loadgen.wrk_script(
+        [loadgen.Request("POST", "/p", (("X-A", "v]]x"),), '{"slug": "a"}')]
+    )
+    assert "[ [=[X-A]=] ] = [=[v]]x]=]" in script
+    assert script.index("wrk.format") < script.index("function init")
+    assert "build()" in script.split("function init", 1)[1]
+
+
+def test_lag_bucket_quantile() -> None:
+    def text(a: int, b: int, c: int) -> str:
+        return (
+            f'warmupd_event_loop_lag_seconds_bucket{{le="0.005"}} {a}\n'
+            f'warmupd_event_loop_lag_seconds_bucket{{le="0.025"}} {b}\n'
+            f'warmupd_event_loop_lag_seconds_bucket{{le="+Inf"}} {c}\n'
+        )
+
+    before = p2_loop_lag.lag_buckets(text(5, 5, 5))
+    after = p2_loop_lag.lag_buckets(text(15, 24, 25))
+    assert after == {0.005: 15.0, 0.025: 24.0, float("inf"): 25.0}
+    assert p2_loop_lag.bucket_quantile(before, after, 0.5) == 0.005
+    assert p2_loop_lag.bucket_quantile(before, after, 0.9) == 0.025
+    assert p2_loop_lag.bucket_quantile(before, after, 0.99) == float("inf")
+
+
+@pytest.mark.slow
+def test_loadgen_aiohttp_against_bare_app(tmp_path: Path) -> None:
+    with BenchApp(tmp_path, "bench.bare_app") as app:
+        result = loadgen.run_load(
+            app.url,
+            [p3_warmup_latency._post("s", "a-b"), loadgen.Request("GET", "/healthz")],
+            connections=4,
+            duration_s=0.5,
+            tool="aiohttp",
+        )
+    assert result["tool"] == "aiohttp"
+    assert result["requests"] > 0
+    assert result["non2xx"] == result["errors"] == 0
+    assert app.proc is not None
+    assert app.proc.poll() is not None
+
+
+@pytest.mark.slow
+def test_p3_daemon_smoke(tmp_path: Path) -> None:
+    """One daemon: warm two comparisons, single flight for the cold one, a short ready-path load."""
+    daemon = BenchDaemon(tmp_path / "d", {"daemon": {"pool_workers": 1}})
+    daemon.demo_data(3)
+    with daemon.start():
+        daemon.run_job("warmup-forecasts", limit=2)
+        daemon.run_job("warmup-ai-explanations", limit=2)
+        warm, cold = p3_warmup_latency.classify(daemon)
+        assert len(warm) == 2
+        assert len(cold) == 1
+        flight = p3_warmup_latency.single_flight(daemon, cold[0], 50)
+        assert flight["exactly_one"], flight
+        assert pool_workers(daemon.pid)
+        ready = loadgen.run_load(
+            daemon.url,
+            [p3_warmup_latency._post(daemon.warmup_secret, s) for s in warm],
+            connections=4,
+            duration_s=0.5,
+            tool="aiohttp",
+        )
+    assert ready["requests"] > 0
+    assert ready["non2xx"] == ready["errors"] == 0
+
+
+def test_p6_import_check_and_snapshot() -> None:
+    chains = p6_memory.import_chains()
+    assert set(chains) == {"chains", "loaded"}
+    assert set(chains["chains"]) == set(chains["loaded"])
+    snap = p6_memory.snapshot(os.getpid())
+    assert snap["main"]["rss_mb"] > 0
+
+
+@pytest.mark.slow
+def test_p7_smoke(tmp_path: Path) -> None:
+    data = p7_pack_throughput.measure(
+        tmp_path, comparisons=2, duration_s=0.5, repetitions=1, tool="aiohttp"
+    )
+    assert data["slugs"] == 2
+    assert data["body_bytes"] > 1000
+    for name in ("warmupd", "bare"):
+        (one,) = data["runs"][name]
+        assert one["requests"] > 0
+        assert one["non2xx"] == one["errors"] == 0

@@ -1,0 +1,286 @@
+"""Closed-loop HTTP load on loopback: ``wrk`` when installed, else an aiohttp client process.
+
+:func:`run_load` keeps ``connections`` connections busy for ``duration_s``, each sending the next
+request of a list (round robin) as soon as its previous answer arrived, and returns the request
+rate and latency percentiles. Both sides of a comparison (the daemon and its bare reference) are
+always driven by the same generator with the same settings in the same run.
+
+* ``wrk`` (C, its own threads; ``apt-get install wrk``): a generated Lua script supplies the
+  requests (method, path, headers, body) and prints the summary as JSON from ``done()``.
+* ``aiohttp`` fallback (``python -m bench.loadgen SPEC.json``, a separate process so it never shares
+  a loop or a GIL with what it measures): one coroutine per connection. A Python client saturates a
+  core at a few thousand requests per second, so its absolute figures are lower than wrk's; the
+  ratios between two servers driven the same way remain comparable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.procs import child_env
+
+
+@dataclass(frozen=True)
+class Request:
+    """One request of the round robin."""
+
+    method: str
+    path: str
+    headers: tuple[tuple[str, str], ...] = ()
+    body: str | None = None
+
+
+def wrk_available() -> bool:
+    """True when ``wrk`` is on the PATH."""
+    return shutil.which("wrk") is not None
+
+
+def pick_tool(tool: str) -> str:
+    """``auto`` → ``wrk`` when installed, else ``aiohttp``."""
+    if tool == "auto":
+        return "wrk" if wrk_available() else "aiohttp"
+    if tool not in ("wrk", "aiohttp"):
+        raise ValueError(f"unknown load generator {tool!r}")
+    return tool
+
+
+def _lua_str(text: str) -> str:
+    level = "="
+    while f"]{level}]" in text:
+        level += "="
+    return f"[{level}[{text}]{level}]"
+
+
+def wrk_script(requests: list[Request]) -> str:
+    """A wrk Lua script: round robin over ``requests``; ``done()`` prints one ``WRKJSON`` line."""
+    # The requests are formatted in init(): wrk.format() fills in the Host header from wrk.host,
+    # which is not set yet while the script's top level runs (every request would be a 400).
+    lines = ["local reqs = {}", "local function build()"]
+    for i, r in enumerate(requests, 1):
+        # "[ [=[k]=] ]": without the spaces "[[" would open a long string.
+        headers = ", ".join(f"[ {_lua_str(k)} ] = {_lua_str(v)}" for k, v in r.headers)
+        body = _lua_str(r.body) if r.body is not None else "nil"
+        lines.append(
+            f"  reqs[{i}] = wrk.format({_lua_str(r.method)}, {_lua_str(r.path)}, {{{headers}}}, {body})"
+        )
+    lines.append(
+        """end
+local i = 0
+local counter = 0
+function setup(thread)
+  thread:set("offset", counter)
+  counter = counter + 97
+end
+function init(args)
+  build()
+  i = (offset or 0) % #reqs
+end
+function request()
+  i = i % #reqs + 1
+  return reqs[i]
+end
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'WRKJSON {"requests": %d, "duration_us": %d, "p50_us": %d, "p90_us": %d, "p99_us": %d, ' ..
+    '"max_us": %d, "mean_us": %.1f, "non2xx": %d, "connect": %d, "read": %d, "write": %d, ' ..
+    '"timeout": %d}\\n',
+    summary.requests, summary.duration, latency:percentile(50), latency:percentile(90),
+    latency:percentile(99), latency.max, latency.mean, e.status, e.connect, e.read, e.write,
+    e.timeout))
+end
+"""
+    )
+    return "\n".join(lines)
+
+
+def _summary(
+    tool: str,
+    connections: int,
+    requests: int,
+    duration_s: float,
+    p50: float,
+    p90: float,
+    p99: float,
+    max_ms: float,
+    non2xx: int,
+    errors: int,
+) -> dict[str, Any]:
+    return {
+        "tool": tool,
+        "connections": connections,
+        "requests": requests,
+        "duration_s": round(duration_s, 3),
+        "rps": requests / duration_s if duration_s > 0 else 0.0,
+        "p50_ms": p50,
+        "p90_ms": p90,
+        "p99_ms": p99,
+        "max_ms": max_ms,
+        "non2xx": non2xx,
+        "errors": errors,
+    }
+
+
+def _run_wrk(
+    base_url: str, requests: list[Request], connections: int, duration_s: float, threads: int
+) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="warmupd-bench-wrk-") as tmp:
+        script = Path(tmp) / "requests.lua"
+        script.write_text(wrk_script(requests), encoding="utf-8")
+        out = subprocess.run(
+            [
+                "wrk",
+                f"-t{threads}",
+                f"-c{connections}",
+                f"-d{max(1, round(duration_s))}s",
+                "--timeout",
+                "10s",
+                "-s",
+                str(script),
+                base_url,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=duration_s + 60,
+            check=True,
+        ).stdout
+    line = next(x for x in out.splitlines() if x.startswith("WRKJSON "))
+    raw = json.loads(line.removeprefix("WRKJSON "))
+    errors = raw["connect"] + raw["read"] + raw["write"] + raw["timeout"]
+    return _summary(
+        "wrk",
+        connections,
+        raw["requests"],
+        raw["duration_us"] / 1e6,
+        raw["p50_us"] / 1000,
+        raw["p90_us"] / 1000,
+        raw["p99_us"] / 1000,
+        raw["max_us"] / 1000,
+        raw["non2xx"],
+        errors,
+    )
+
+
+def _run_aiohttp(
+    base_url: str, requests: list[Request], connections: int, duration_s: float
+) -> dict[str, Any]:
+    spec = {
+        "base_url": base_url,
+        "connections": connections,
+        "duration_s": duration_s,
+        "requests": [
+            {"method": r.method, "path": r.path, "headers": dict(r.headers), "body": r.body}
+            for r in requests
+        ],
+    }
+    with tempfile.TemporaryDirectory(prefix="warmupd-bench-load-") as tmp:
+        path = Path(tmp) / "spec.json"
+        path.write_text(json.dumps(spec), encoding="utf-8")
+        out = subprocess.run(
+            [sys.executable, "-m", "bench.loadgen", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=duration_s + 60,
+            check=True,
+            env=child_env(),
+        ).stdout
+    result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    return result
+
+
+def run_load(
+    base_url: str,
+    requests: list[Request],
+    *,
+    connections: int,
+    duration_s: float,
+    tool: str = "auto",
+    threads: int = 2,
+) -> dict[str, Any]:
+    """Drive ``base_url`` with ``connections`` closed-loop connections for ``duration_s``.
+
+    wrk takes whole seconds only: ``duration_s`` is rounded for it (at least 1 s).
+
+    :returns: ``{tool, connections, requests, duration_s, rps, p50_ms, p90_ms, p99_ms, max_ms,
+        non2xx, errors}``.
+    """
+    chosen = pick_tool(tool)
+    if chosen == "wrk":
+        return _run_wrk(base_url, requests, connections, duration_s, min(threads, connections))
+    return _run_aiohttp(base_url, requests, connections, duration_s)
+
+
+# --------------------------------------------------------------------------- aiohttp client process
+
+
+async def _client(spec: dict[str, Any]) -> dict[str, Any]:
+    import aiohttp
+
+    from bench.common import percentile
+
+    base, connections = spec["base_url"], int(spec["connections"])
+    reqs = [
+        (r["method"], base + r["path"], r["headers"], (r["body"] or "").encode() or None)
+        for r in spec["requests"]
+    ]
+    latencies: list[float] = []
+    counts = {"non2xx": 0, "errors": 0}
+    stop_at = time.perf_counter() + float(spec["duration_s"])
+    connector = aiohttp.TCPConnector(limit=connections, force_close=False)
+    timeout = aiohttp.ClientTimeout(total=10)
+
+    async def worker(offset: int, session: aiohttp.ClientSession) -> None:
+        i = offset
+        while time.perf_counter() < stop_at:
+            method, url, headers, body = reqs[i % len(reqs)]
+            i += 1
+            started = time.perf_counter()
+            try:
+                async with session.request(method, url, headers=headers, data=body) as resp:
+                    await resp.read()
+                    if not 200 <= resp.status < 400:
+                        counts["non2xx"] += 1
+            except (aiohttp.ClientError, TimeoutError):
+                counts["errors"] += 1
+                continue
+            latencies.append((time.perf_counter() - started) * 1000)
+
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        began = time.perf_counter()
+        await asyncio.gather(*(worker(n * 97, session) for n in range(connections)))
+        elapsed = time.perf_counter() - began
+    if not latencies:
+        latencies = [float("nan")]
+    return _summary(
+        "aiohttp",
+        connections,
+        len(latencies),
+        elapsed,
+        percentile(latencies, 50),
+        percentile(latencies, 90),
+        percentile(latencies, 99),
+        max(latencies),
+        counts["non2xx"],
+        counts["errors"],
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m bench.loadgen SPEC.json``: run the aiohttp client, print one JSON line."""
+    args = sys.argv[1:] if argv is None else argv
+    spec = json.loads(Path(args[0]).read_text(encoding="utf-8"))
+    print(json.dumps(asyncio.run(_client(spec))))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
