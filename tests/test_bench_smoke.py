@@ -6,6 +6,7 @@ and raw figures and cleans up after itself.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 

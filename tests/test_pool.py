@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from warmupd.errors import ProducerError
-from warmupd.pool import ProcessPool
+from warmupd.pool import WORKER_NICENESS, ProcessPool
 from warmupd.producers.forecast import forecast_term
 
 # --- worker-side functions (module level, so that they pickle by reference) ---------------------
@@ -22,6 +22,10 @@ from warmupd.producers.forecast import forecast_term
 
 def worker_pid() -> int:
     return os.getpid()
+
+
+def niceness() -> int:
+    return os.nice(0)
 
 
 def thread_env() -> str | None:
@@ -89,6 +93,7 @@ async def test_runs_in_another_process_and_starts_lazily(pool: ProcessPool) -> N
     assert await pool.run(worker_pid) == pid  # the same long-lived worker
     assert await pool.run(add, 2, 3, times=4) == 20
     assert await pool.run(thread_env) == "1"
+    assert await pool.run(niceness) == os.nice(0) + WORKER_NICENESS  # batch work yields the CPU
     assert pool.started == 1
 
 
