@@ -202,7 +202,7 @@ async def test_forecasts_in_the_pool_do_not_block_the_event_loop() -> None:
         )
         done.set()
         await tick
-    assert [r["model"] for r in results] == ["ets(A,Ad,A7)"] * 6
+    assert all(r["model"].startswith("ets(A,Ad,A7)") for r in results)  # really fitted ETS
     assert len(gaps) > 20
     # 5 ms ticks; a generous bound for a noisy 2-core machine. Blocking fits on the loop would
     # show gaps of hundreds of milliseconds (and the statsmodels import alone takes seconds).
