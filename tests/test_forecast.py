@@ -333,7 +333,8 @@ def test_output_shape_matches_spec(n: int) -> None:
 
 def test_daemon_side_imports_load_no_statsmodels_pandas_or_numpy() -> None:
     code = (
-        "import sys, warmupd.producers.forecast, warmupd.pool\n"
+        # The whole daemon and CLI: compute libraries belong to the pool's workers only (SPEC §8, P6).
+        "import sys, warmupd.producers.forecast, warmupd.pool, warmupd.daemon, warmupd.cli\n"
         "heavy = [m for m in ('statsmodels', 'pandas', 'numpy') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
     )

@@ -1,105 +1,40 @@
-"""The built-in insights provider: deterministic, offline, numpy only (SPEC §8, notes §3.5).
+"""The built-in insights provider: deterministic, offline (SPEC §8, notes §3.5).
 
-:func:`compute_facts` is the analysis both providers share (the LLM provider sends it as the
-prompt); :func:`analyse` adds the template texts; :func:`builtin_insights` stamps and hashes the
-pack. All three are pure, top-level and picklable, so the jobs layer may run them in the process
-pool.
+The numpy analysis lives in :mod:`warmupd.producers.insights_facts`; this module stays free of
+numpy so that the daemon's process can import it. :func:`compute_facts` is the analysis both
+providers share (the LLM provider sends it as the prompt); :func:`analyse` adds the template texts;
+:func:`builtin_insights` stamps and hashes the pack. All three are pure, top-level and picklable,
+so the jobs layer runs them in the process pool.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from warmupd.clock import ms_to_iso
 from warmupd.models import Comparison, short_hash
 from warmupd.producers import FactsRunner
-from warmupd.producers.analysis import Prepared, prepare, relationship, term_figures
-from warmupd.producers.insights_text import key_differences, peak_text, summary_text
-from warmupd.producers.peaks import detect_peaks
 
 BUILTIN_MODEL = "builtin-1"
 """Version of the detector and templates; bump it when their output changes."""
 
-_GRANULARITY = {"D": "daily", "W": "weekly", "M": "monthly"}
-
-
-def _facts(c: Comparison, p: Prepared) -> dict[str, Any]:
-    return {
-        "comparison": {
-            "termA": c.term_a,
-            "termB": c.term_b,
-            "timeframe": c.timeframe,
-            "granularity": _GRANULARITY[p.step],
-            "step": p.step,
-            "start": p.date_strs[0],
-            "end": p.date_strs[-1],
-            "points": p.n,
-            "recentPoints": p.k,
-        },
-        "terms": {
-            "termA": term_figures(p, p.a, p.b),
-            "termB": term_figures(p, p.b, p.a),
-        },
-        "relationship": relationship(p),
-        "peaks": detect_peaks(p, "termA", c.term_a) + detect_peaks(p, "termB", c.term_b),
-    }
-
 
 def compute_facts(comparison: Comparison) -> dict[str, Any]:
-    """The computed facts of a comparison: per-term figures, relationship and peaks.
+    """See :func:`warmupd.producers.insights_facts.compute_facts` (imported here on first call)."""
+    from warmupd.producers import insights_facts
 
-    JSON-serialisable, rounded, deterministic. It never contains the raw series, which is why the
-    LLM provider may send it as the prompt.
-
-    :raises warmupd.errors.InsufficientData: fewer than 4 points.
-    :raises warmupd.errors.ProducerError: unusable dates or values.
-    """
-    return _facts(comparison, prepare(comparison))
-
-
-def _meaning_confidence(facts: dict[str, Any]) -> int:
-    ta, tb = facts["terms"]["termA"], facts["terms"]["termB"]
-    pooled = math.sqrt((ta["sd"] ** 2 + tb["sd"] ** 2) / 2)
-    effect = min(2.0, facts["relationship"]["marginPts"] / max(pooled, 1.0))
-    # A clear separation of the two levels earns confidence, and so does a longer series; a 52-point
-    # series is "long enough" on either cadence.
-    size = 0.7 + 0.3 * min(1.0, facts["comparison"]["points"] / 52)
-    return int(max(5, min(95, round((40 + 25 * effect) * size))))
+    return insights_facts.compute_facts(comparison)
 
 
 def analyse(comparison: Comparison) -> dict[str, Any]:
-    """Facts plus the built-in texts, without timestamps: ``{facts, meaning, peaks}``.
+    """See :func:`warmupd.producers.insights_facts.analyse` (imported here on first call).
 
-    ``meaning`` is ``{text, keyDifferences, confidence, winner}``; each of ``peaks`` is
-    ``{peakId, term, termName, peakDate, magnitude, prominence, shape, durationDays, startDate,
-    endDate, text, confidence}`` in the facts' order (termA's peaks first, best first).
+    Module-level and picklable: the providers hand this function to the process pool, so numpy is
+    imported by the pool's workers and never by the daemon's own process (SPEC P6).
     """
-    facts = compute_facts(comparison)
-    meaning = {
-        "text": summary_text(facts),
-        "keyDifferences": key_differences(facts),
-        "confidence": _meaning_confidence(facts),
-        "winner": facts["relationship"]["leader"],
-    }
-    peaks = [
-        {
-            "peakId": pk["peakId"],
-            "term": pk["term"],
-            "termName": pk["termName"],
-            "peakDate": pk["date"],
-            "magnitude": pk["value"],
-            "prominence": pk["prominence"],
-            "shape": pk["shape"],
-            "durationDays": pk["durationDays"],
-            "startDate": pk["startDate"],
-            "endDate": pk["endDate"],
-            "text": peak_text(facts, pk),
-            "confidence": int(min(95, round(40 + 8 * pk["z"]))),
-        }
-        for pk in facts["peaks"]
-    ]
-    return {"facts": facts, "meaning": meaning, "peaks": peaks}
+    from warmupd.producers import insights_facts
+
+    return insights_facts.analyse(comparison)
 
 
 def assemble(
