@@ -68,3 +68,32 @@ async def test_transaction_rolls_back_on_error(db: Database) -> None:
     async with db.transaction() as tx:
         await tx.execute("INSERT INTO schedule_state(job, last_fire_at) VALUES ('x', 1)")
     assert (await db.fetchone("SELECT last_fire_at FROM schedule_state"))[0] == 1
+
+
+async def test_a_statement_never_lands_inside_another_tasks_transaction(db: Database) -> None:
+    import asyncio
+
+    inside = asyncio.Event()
+    leave = asyncio.Event()
+
+    async def failing_transaction() -> None:
+        async with db.transaction() as tx:
+            await tx.execute("INSERT INTO schedule_state(job, last_fire_at) VALUES ('tx', 1)")
+            inside.set()
+            await leave.wait()
+            raise RuntimeError("roll back")
+
+    tx_task = asyncio.ensure_future(failing_transaction())
+    await inside.wait()
+    # Issued while the transaction is open: it must wait, not join it (and be rolled back with it).
+    other = asyncio.ensure_future(
+        db.execute("INSERT INTO schedule_state(job, last_fire_at) VALUES ('other', 2)")
+    )
+    await asyncio.sleep(0.05)
+    assert not other.done()
+    leave.set()
+    with pytest.raises(RuntimeError, match="roll back"):
+        await tx_task
+    assert await other == 1
+    rows = await db.fetchall("SELECT job FROM schedule_state ORDER BY job")
+    assert [r["job"] for r in rows] == ["other"]
