@@ -4,6 +4,7 @@ be told to raise any error, so the edge can be tested without a database or a ru
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -241,22 +242,24 @@ class FakeComparisons:
             "updatedAt": ms_to_iso(NOW_MS),
         }
 
-    async def pack(self, slug: str) -> dict[str, Any]:
+    async def pack(self, slug: str) -> str:
         self.recorder.record("pack", slug)
         c = self._get(slug)
         ready = slug in self.ready_slugs
-        return {
-            "slug": slug,
-            "terms": [c.term_a, c.term_b],
-            "dataHash": c.data_hash,
-            "forecasts": {
-                "termA": {"points": []} if ready else None,
-                "termB": {"points": []} if ready else None,
-            },
-            "insights": {"meaning": "x"} if ready else None,
-            "freshness": "fresh" if ready else "missing",
-            "needsWarmup": not ready,
-        }
+        return json.dumps(
+            {
+                "slug": slug,
+                "terms": [c.term_a, c.term_b],
+                "dataHash": c.data_hash,
+                "forecasts": {
+                    "termA": {"points": []} if ready else None,
+                    "termB": {"points": []} if ready else None,
+                },
+                "insights": {"meaning": "x"} if ready else None,
+                "freshness": "fresh" if ready else "missing",
+                "needsWarmup": not ready,
+            }
+        )
 
 
 @dataclass

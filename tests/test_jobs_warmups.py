@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -177,7 +178,7 @@ async def test_forecasts_job_computes_then_skips_up_to_date_then_recomputes_chan
         0,
     )
     assert world.cpu.calls.count("forecast_term") == 2  # both terms of the long comparison
-    pack = await world.service.pack("tea-vs-coffee")
+    pack = json.loads(await world.service.pack("tea-vs-coffee"))
     assert pack["forecasts"]["termA"]["term"] == "termA"
     assert pack["forecasts"]["termB"]["termName"] == "coffee"
     assert pack["insights"] is None  # not this job's part
@@ -218,7 +219,7 @@ async def test_insights_job_writes_packs_for_viewed_comparisons(world: World) ->
     await world.comparisons.upsert(comparison("unviewed"), now)
     record = await run(world, JOB_INSIGHTS)
     assert (record.processed, record.metadata["selected"]) == (1, 1)
-    pack = await world.service.pack("viewed")
+    pack = json.loads(await world.service.pack("viewed"))
     assert "tea" in pack["insights"]["meaningExplanation"]["text"]
     assert (await run(world, JOB_INSIGHTS)).skipped == 1
 
@@ -338,22 +339,22 @@ async def test_pack_reports_missing_schedules_warmup_and_serves_stale(world: Wor
     c = comparison("pack-me")
     await world.comparisons.upsert(c, now)
     world.cpu.gate = asyncio.Event()
-    pack = await world.service.pack("pack-me")
+    pack = json.loads(await world.service.pack("pack-me"))
     assert pack["needsWarmup"] is True
     assert pack["freshness"] == "missing"
     assert world.on_demand.flight_state("pack-me", c.data_hash) is not None  # reads never compute
     world.cpu.gate.set()
     while world.on_demand.flight_state("pack-me", c.data_hash) is not None:
         await asyncio.sleep(0.01)
-    fresh = await world.service.pack("pack-me")
+    fresh = json.loads(await world.service.pack("pack-me"))
     assert (fresh["freshness"], fresh["needsWarmup"]) == ("fresh", False)
     world.clock.set_wall_ms(now + 8 * DAY)  # past fresh_ttl (7d), inside stale_ttl (30d)
-    stale = await world.service.pack("pack-me")
+    stale = json.loads(await world.service.pack("pack-me"))
     assert (stale["freshness"], stale["needsWarmup"]) == ("stale", False)
     assert stale["forecasts"]["termA"] == fresh["forecasts"]["termA"]
     assert world.on_demand.flight_state("pack-me", c.data_hash) is not None  # background refresh
     with pytest.raises(NotFound):
-        await world.service.pack("nope")
+        json.loads(await world.service.pack("nope"))
 
 
 async def test_short_comparison_is_ready_without_forecasts(world: World) -> None:
@@ -365,7 +366,7 @@ async def test_short_comparison_is_ready_without_forecasts(world: World) -> None
         await asyncio.sleep(0.01)
     assert world.cpu.calls.count("forecast_term") == 0
     assert (await world.on_demand.request("short", None))["status"] == "ready"
-    pack = await world.service.pack("short")
+    pack = json.loads(await world.service.pack("short"))
     assert (pack["needsWarmup"], pack["freshness"]) == (False, "fresh")
     assert pack["forecasts"] == {"termA": None, "termB": None}
     assert pack["insights"] is not None

@@ -232,6 +232,15 @@ def freshness_at(fresh_until_ms: int, stale_until_ms: int, now_ms: int) -> Fresh
     return Freshness.MISSING
 
 
+@dataclass(frozen=True)
+class StoredEntry:
+    """A live cache entry as the read paths need it: version, freshness, stored JSON text."""
+
+    version: str
+    text: str | None
+    freshness: Freshness
+
+
 class CacheStore:
     """The ``cache_entries`` table with fenced writes."""
 
@@ -331,6 +340,47 @@ class CacheStore:
         for r in rows:
             out[r["key"]] = (freshness_at(r["fresh_until"], r["stale_until"], now_ms), r["version"])
         return out
+
+    async def read_comparison(
+        self, slug: str, now_ms: int, *, values: bool
+    ) -> tuple[ComparisonHead, dict[str, StoredEntry]] | None:
+        """A comparison's head and its live cache entries at its current dataHash, in one statement.
+
+        The read paths (pack, status, warmup request) answer from this one round trip. ``values``
+        adds each entry's stored JSON text, undecoded, so a response can splice it in as it is.
+        None when the slug is unknown.
+        """
+        rows = await self.db.fetchall(
+            f"""SELECT c.term_a, c.term_b, c.data_hash, c.points, e.key, e.version,
+                   {"e.value" if values else "NULL"} AS value, e.fresh_until, e.stale_until
+                FROM comparisons c LEFT JOIN cache_entries e
+                  ON e.key IN ('forecast:' || c.slug || ':termA:' || c.data_hash,
+                               'forecast:' || c.slug || ':termB:' || c.data_hash,
+                               'insights:' || c.slug || ':' || c.data_hash)
+                 AND e.stale_until > ?
+                WHERE c.slug = ?""",
+            (now_ms, slug),
+        )
+        if not rows:
+            return None
+        first = rows[0]
+        head = ComparisonHead(
+            slug=slug,
+            term_a=first["term_a"],
+            term_b=first["term_b"],
+            data_hash=first["data_hash"],
+            points=first["points"],
+        )
+        entries = {
+            r["key"]: StoredEntry(
+                version=r["version"],
+                text=r["value"],
+                freshness=freshness_at(r["fresh_until"], r["stale_until"], now_ms),
+            )
+            for r in rows
+            if r["key"] is not None
+        }
+        return head, entries
 
     async def purge_expired(self, now_ms: int) -> int:
         """Delete entries past ``stale_until``; returns how many."""

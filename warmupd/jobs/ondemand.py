@@ -94,17 +94,18 @@ class OnDemand:
         :raises StaleDataHash: ``data_hash`` is given and is not the current one.
         :raises QueueFull: ``on_demand.max_queued`` warmups are already waiting.
         """
-        head = await self.comparisons.head(slug)
-        if head is None:
+        # One round trip answers everything below: the current dataHash and the parts' states.
+        read = await self.warmer.read(slug, self.clock.wall_ms())
+        if read is None:
             raise NotFound(f"unknown comparison {slug!r}")
-        current_hash = head.data_hash
+        current_hash = read.head.data_hash
         if data_hash is not None and data_hash != current_hash:
             self._count("stale_data_hash")
             raise StaleDataHash(slug, data_hash, current_hash)
         flight = self._flights.get((slug, current_hash))
         if flight is None:
-            states = await self.warmer.states(slug, current_hash, self.clock.wall_ms())
-            if all(states[p].up_to_date for p in self.warmer.applicable(head.points)):
+            states = read.states
+            if all(states[p].up_to_date for p in self.warmer.applicable(read.head.points)):
                 self._count("ready")
                 return self._answer(slug, current_hash, WarmupState.READY)
             flight = self.schedule(slug, current_hash)

@@ -19,7 +19,14 @@ from warmupd.jobs.base import Fencing, ItemOutcome
 from warmupd.models import Comparison, Freshness
 from warmupd.producers import InsightsProducer
 from warmupd.producers.forecast import PREDICTION_ENGINE_VERSION, forecast_term
-from warmupd.store import FORECAST, INSIGHTS, CacheStore, forecast_key, insights_key
+from warmupd.store import (
+    FORECAST,
+    INSIGHTS,
+    CacheStore,
+    ComparisonHead,
+    forecast_key,
+    insights_key,
+)
 
 T = TypeVar("T")
 
@@ -56,6 +63,15 @@ class PartState:
         if self.freshness is Freshness.FRESH and not self.current_version:
             return Freshness.STALE
         return self.freshness
+
+
+@dataclass(frozen=True)
+class PartsRead:
+    """A comparison's head with its parts' states (and, when asked, their stored JSON texts)."""
+
+    head: ComparisonHead
+    states: dict[str, PartState]
+    texts: dict[str, str | None]
 
 
 def part_keys(slug: str, data_hash: str) -> dict[str, str]:
@@ -105,6 +121,23 @@ class Warmer:
     def version_of(self, part: str) -> str:
         """The current version of ``part``."""
         return self.insights_version if part == INSIGHTS_PART else PREDICTION_ENGINE_VERSION
+
+    async def read(self, slug: str, now_ms: int, *, values: bool = False) -> PartsRead | None:
+        """The comparison's head and its parts in one round trip; None for an unknown slug."""
+        found = await self.cache.read_comparison(slug, now_ms, values=values)
+        if found is None:
+            return None
+        head, entries = found
+        states: dict[str, PartState] = {}
+        texts: dict[str, str | None] = {}
+        for part, key in part_keys(slug, head.data_hash).items():
+            entry = entries.get(key)
+            if entry is None:
+                states[part], texts[part] = PartState(Freshness.MISSING, False), None
+            else:
+                states[part] = PartState(entry.freshness, entry.version == self.version_of(part))
+                texts[part] = entry.text
+        return PartsRead(head=head, states=states, texts=texts)
 
     async def states(self, slug: str, data_hash: str, now_ms: int) -> dict[str, PartState]:
         """``{part: PartState}`` for the three parts, without loading values."""
