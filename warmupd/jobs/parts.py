@@ -102,6 +102,7 @@ class Warmer:
         self.cache_config = cache_config
         self.forecast_config = forecast_config
         self.clock = clock
+        self._reads: dict[tuple[str, bool], asyncio.Future[PartsRead | None]] = {}
 
     @property
     def insights_version(self) -> str:
@@ -123,7 +124,23 @@ class Warmer:
         return self.insights_version if part == INSIGHTS_PART else PREDICTION_ENGINE_VERSION
 
     async def read(self, slug: str, now_ms: int, *, values: bool = False) -> PartsRead | None:
-        """The comparison's head and its parts in one round trip; None for an unknown slug."""
+        """The comparison's head and its parts in one round trip; None for an unknown slug.
+
+        Concurrent reads of one slug share one statement (request collapsing): a popular page read
+        by many clients at once costs one trip to SQLite, not one per client. A caller that joins
+        gets a snapshot at most one statement older than its call, which no reader can tell from
+        having asked a moment earlier.
+        """
+        key = (slug, values)
+        pending = self._reads.get(key)
+        if pending is None:
+            pending = asyncio.ensure_future(self._read(slug, now_ms, values))
+            self._reads[key] = pending
+            pending.add_done_callback(lambda _: self._reads.pop(key, None))
+        # Shielded: one caller giving up (a client disconnect) must not cancel the others' read.
+        return await asyncio.shield(pending)
+
+    async def _read(self, slug: str, now_ms: int, values: bool) -> PartsRead | None:
         found = await self.cache.read_comparison(slug, now_ms, values=values)
         if found is None:
             return None
