@@ -34,7 +34,7 @@ import abc
 import asyncio
 import contextlib
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Final
 
 from warmupd.clock import Clock
@@ -205,6 +205,19 @@ class Locks(abc.ABC):
         Leases still held are not released here; :func:`hold` releases its own on exit.
         """
         await drain_background()
+
+
+async def release_surely(
+    release_token: Callable[[str, str], Awaitable[bool]], lease: Lease
+) -> bool:
+    """``release_token(lease.key, lease.token)``, re-sent in the background if the caller is
+    cancelled meanwhile, so a cancelled holder still frees its lock (the owner check makes a
+    second release harmless). The backends' :meth:`Locks.release` is this."""
+    try:
+        return await release_token(lease.key, lease.token)
+    except asyncio.CancelledError:
+        spawn_background(release_token(lease.key, lease.token))
+        raise
 
 
 def lease_margin_ms(lease_ms: int) -> int:

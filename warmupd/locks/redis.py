@@ -35,7 +35,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from warmupd.clock import Clock
 from warmupd.errors import ServiceUnavailable
-from warmupd.locks import AcquireObserver, Locks, check_key, spawn_background
+from warmupd.locks import AcquireObserver, Locks, check_key, release_surely, spawn_background
 from warmupd.logs import get_logger
 from warmupd.models import Acquired, AcquireResult, Held, Lease, Unavailable
 
@@ -173,11 +173,7 @@ class RedisLocks(Locks):
 
     async def release(self, lease: Lease) -> bool:
         """See :meth:`Locks.release`."""
-        try:
-            return await self._release_token(lease.key, lease.token)
-        except asyncio.CancelledError:
-            spawn_background(self._release_token(lease.key, lease.token))
-            raise
+        return await release_surely(self._release_token, lease)
 
     async def _release_token(self, key: str, token: str) -> bool:
         try:

@@ -25,7 +25,7 @@ import secrets
 from warmupd.clock import Clock
 from warmupd.db import Database, DatabaseError, is_busy_error
 from warmupd.errors import ServiceUnavailable
-from warmupd.locks import AcquireObserver, Locks, check_key, spawn_background
+from warmupd.locks import AcquireObserver, Locks, check_key, release_surely, spawn_background
 from warmupd.models import Acquired, AcquireResult, Held, Lease, Unavailable
 
 _ACQUIRE = """
@@ -143,11 +143,7 @@ class SqliteLocks(Locks):
 
     async def release(self, lease: Lease) -> bool:
         """See :meth:`Locks.release`."""
-        try:
-            return await self._release_token(lease.key, lease.token)
-        except asyncio.CancelledError:
-            spawn_background(self._release_token(lease.key, lease.token))
-            raise
+        return await release_surely(self._release_token, lease)
 
     async def _release_token(self, key: str, token: str) -> bool:
         params = {"key": key, "owner": token, "now": self._clock.wall_ms()}
