@@ -13,6 +13,9 @@ from typing import Any
 from warmupd.db import Database, Row
 from warmupd.models import Comparison, Freshness, WarmupState
 
+_READ_BATCH = 500
+"""Slugs per statement of :meth:`CacheStore.read_comparisons` (well under SQLite's variable limit)."""
+
 FORECAST = "forecast"
 INSIGHTS = "insights"
 TERM_LABELS = ("termA", "termB")
@@ -341,46 +344,47 @@ class CacheStore:
             out[r["key"]] = (freshness_at(r["fresh_until"], r["stale_until"], now_ms), r["version"])
         return out
 
-    async def read_comparison(
-        self, slug: str, now_ms: int, *, values: bool
-    ) -> tuple[ComparisonHead, dict[str, StoredEntry]] | None:
-        """A comparison's head and its live cache entries at its current dataHash, in one statement.
+    async def read_comparisons(
+        self, slugs: list[str], now_ms: int, *, values: bool
+    ) -> dict[str, tuple[ComparisonHead, dict[str, StoredEntry]]]:
+        """Comparisons' heads and their live cache entries at their current dataHash, in one statement.
 
-        The read paths (pack, status, warmup request) answer from this one round trip. ``values``
-        adds each entry's stored JSON text, undecoded, so a response can splice it in as it is.
-        None when the slug is unknown.
+        The read paths (pack, status, warmup request) answer from this one round trip, for every
+        slug asked in the same moment. ``values`` adds each entry's stored JSON text, undecoded, so
+        a response can splice it in as it is. Unknown slugs are absent from the result.
         """
-        rows = await self.db.fetchall(
-            f"""SELECT c.term_a, c.term_b, c.data_hash, c.points, e.key, e.version,
-                   {"e.value" if values else "NULL"} AS value, e.fresh_until, e.stale_until
-                FROM comparisons c LEFT JOIN cache_entries e
-                  ON e.key IN ('forecast:' || c.slug || ':termA:' || c.data_hash,
-                               'forecast:' || c.slug || ':termB:' || c.data_hash,
-                               'insights:' || c.slug || ':' || c.data_hash)
-                 AND e.stale_until > ?
-                WHERE c.slug = ?""",
-            (now_ms, slug),
-        )
-        if not rows:
-            return None
-        first = rows[0]
-        head = ComparisonHead(
-            slug=slug,
-            term_a=first["term_a"],
-            term_b=first["term_b"],
-            data_hash=first["data_hash"],
-            points=first["points"],
-        )
-        entries = {
-            r["key"]: StoredEntry(
-                version=r["version"],
-                text=r["value"],
-                freshness=freshness_at(r["fresh_until"], r["stale_until"], now_ms),
+        found: dict[str, tuple[ComparisonHead, dict[str, StoredEntry]]] = {}
+        for start in range(0, len(slugs), _READ_BATCH):
+            chunk = slugs[start : start + _READ_BATCH]
+            rows = await self.db.fetchall(
+                f"""SELECT c.slug, c.term_a, c.term_b, c.data_hash, c.points, e.key, e.version,
+                       {"e.value" if values else "NULL"} AS value, e.fresh_until, e.stale_until
+                    FROM comparisons c LEFT JOIN cache_entries e
+                      ON e.key IN ('forecast:' || c.slug || ':termA:' || c.data_hash,
+                                   'forecast:' || c.slug || ':termB:' || c.data_hash,
+                                   'insights:' || c.slug || ':' || c.data_hash)
+                     AND e.stale_until > ?
+                    WHERE c.slug IN ({",".join("?" * len(chunk))})""",
+                (now_ms, *chunk),
             )
-            for r in rows
-            if r["key"] is not None
-        }
-        return head, entries
+            for r in rows:
+                slug = r["slug"]
+                if slug not in found:
+                    head = ComparisonHead(
+                        slug=slug,
+                        term_a=r["term_a"],
+                        term_b=r["term_b"],
+                        data_hash=r["data_hash"],
+                        points=r["points"],
+                    )
+                    found[slug] = (head, {})
+                if r["key"] is not None:
+                    found[slug][1][r["key"]] = StoredEntry(
+                        version=r["version"],
+                        text=r["value"],
+                        freshness=freshness_at(r["fresh_until"], r["stale_until"], now_ms),
+                    )
+        return found
 
     async def purge_expired(self, now_ms: int) -> int:
         """Delete entries past ``stale_until``; returns how many."""

@@ -95,7 +95,7 @@ class OnDemand:
         :raises QueueFull: ``on_demand.max_queued`` warmups are already waiting.
         """
         # One round trip answers everything below: the current dataHash and the parts' states.
-        read = await self.warmer.read(slug, self.clock.wall_ms())
+        read = await self.warmer.read(slug)
         if read is None:
             raise NotFound(f"unknown comparison {slug!r}")
         current_hash = read.head.data_hash

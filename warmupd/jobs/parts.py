@@ -24,6 +24,7 @@ from warmupd.store import (
     INSIGHTS,
     CacheStore,
     ComparisonHead,
+    StoredEntry,
     forecast_key,
     insights_key,
 )
@@ -102,7 +103,8 @@ class Warmer:
         self.cache_config = cache_config
         self.forecast_config = forecast_config
         self.clock = clock
-        self._reads: dict[tuple[str, bool], asyncio.Future[PartsRead | None]] = {}
+        self._batches: dict[bool, dict[str, asyncio.Future[PartsRead | None]]] = {}
+        self._loading: set[asyncio.Task[None]] = set()
 
     @property
     def insights_version(self) -> str:
@@ -123,31 +125,57 @@ class Warmer:
         """The current version of ``part``."""
         return self.insights_version if part == INSIGHTS_PART else PREDICTION_ENGINE_VERSION
 
-    async def read(self, slug: str, now_ms: int, *, values: bool = False) -> PartsRead | None:
-        """The comparison's head and its parts in one round trip; None for an unknown slug.
+    async def read(self, slug: str, *, values: bool = False) -> PartsRead | None:
+        """The comparison's head and its parts' states; None for an unknown slug.
 
-        Concurrent reads of one slug share one statement (request collapsing): a popular page read
-        by many clients at once costs one trip to SQLite, not one per client. A caller that joins
-        gets a snapshot at most one statement older than its call, which no reader can tell from
-        having asked a moment earlier.
+        Reads are batched: every read asked during one turn of the event loop is answered by one
+        statement issued at the next turn (the "data loader" pattern), so concurrent requests cost
+        one trip to SQLite's thread per batch, not one each, and two readers of one slug share
+        it. Under no load a batch holds one read and costs one loop turn. A caller gets a
+        snapshot taken after its call, at most one loop turn later.
         """
-        key = (slug, values)
-        pending = self._reads.get(key)
-        if pending is None:
-            pending = asyncio.ensure_future(self._read(slug, now_ms, values))
-            self._reads[key] = pending
-            pending.add_done_callback(lambda _: self._reads.pop(key, None))
+        loop = asyncio.get_running_loop()
+        batch = self._batches.get(values)
+        if batch is None:
+            batch = self._batches[values] = {}
+            loop.call_soon(self._flush, values)
+        future = batch.get(slug)
+        if future is None:
+            future = batch[slug] = loop.create_future()
         # Shielded: one caller giving up (a client disconnect) must not cancel the others' read.
-        return await asyncio.shield(pending)
+        return await asyncio.shield(future)
 
-    async def _read(self, slug: str, now_ms: int, values: bool) -> PartsRead | None:
-        found = await self.cache.read_comparison(slug, now_ms, values=values)
+    def _flush(self, values: bool) -> None:
+        batch = self._batches.pop(values)
+        task = asyncio.ensure_future(self._load(batch, values))
+        self._loading.add(task)
+        task.add_done_callback(self._loading.discard)
+
+    async def _load(self, batch: dict[str, asyncio.Future[PartsRead | None]], values: bool) -> None:
+        try:
+            found = await self.cache.read_comparisons(
+                list(batch), self.clock.wall_ms(), values=values
+            )
+        except BaseException as exc:
+            for future in batch.values():
+                if not future.done():
+                    future.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for slug, future in batch.items():
+            if not future.done():
+                future.set_result(self._parts(found.get(slug)))
+
+    def _parts(
+        self, found: tuple[ComparisonHead, dict[str, StoredEntry]] | None
+    ) -> PartsRead | None:
         if found is None:
             return None
         head, entries = found
         states: dict[str, PartState] = {}
         texts: dict[str, str | None] = {}
-        for part, key in part_keys(slug, head.data_hash).items():
+        for part, key in part_keys(head.slug, head.data_hash).items():
             entry = entries.get(key)
             if entry is None:
                 states[part], texts[part] = PartState(Freshness.MISSING, False), None

@@ -67,7 +67,7 @@ class ComparisonService:
     async def warmup_status(self, slug: str) -> dict[str, Any]:
         """The on-demand status a client polls, with each part's freshness."""
         now = self.clock.wall_ms()
-        read = await self._read(slug, now, values=False)
+        read = await self._read(slug, values=False)
         head, states = read.head, read.states
         row = await self.warmups.get(slug, head.data_hash)
         flight = self.on_demand.flight_state(slug, head.data_hash)
@@ -97,7 +97,7 @@ class ComparisonService:
         to encode them again was most of the cost of this read (bench P7). ``CacheStore.put`` wrote
         them with ``json.dumps``, so they are valid JSON by construction.
         """
-        read = await self._read(slug, self.clock.wall_ms(), values=True)
+        read = await self._read(slug, values=True)
         head, states = read.head, read.states
         wanted = self.warmer.applicable(head.points)
         missing = any(states[p].shown is Freshness.MISSING for p in wanted)
@@ -120,8 +120,8 @@ class ComparisonService:
             f'"needsWarmup": {"true" if missing else "false"}}}'
         )
 
-    async def _read(self, slug: str, now_ms: int, *, values: bool) -> PartsRead:
-        read = await self.warmer.read(slug, now_ms, values=values)
+    async def _read(self, slug: str, *, values: bool) -> PartsRead:
+        read = await self.warmer.read(slug, values=values)
         if read is None:
             raise NotFound(f"unknown comparison {slug!r}")
         return read
