@@ -65,7 +65,6 @@ class Services:
 
 
 SERVICES = web.AppKey("services", Services)
-_CHUNK_BYTES = 65_536
 _UNMATCHED = "unmatched"
 
 
@@ -155,15 +154,12 @@ async def read_json(request: web.Request, *, required: bool) -> object:
     limit = request.app[SERVICES].max_body_bytes
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"the request body exceeds {limit} bytes")
-    chunks: list[bytes] = []
-    size = 0
-    # Content-Length may be absent (chunked) or lie; count what actually arrives.
-    async for chunk in request.content.iter_chunked(_CHUNK_BYTES):
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"the request body exceeds {limit} bytes")
-        chunks.append(chunk)
-    raw = b"".join(chunks)
+    try:
+        # aiohttp counts what actually arrives against client_max_size (= max_body_bytes), so a
+        # chunked body or a lying Content-Length is cut off while being read, in one call.
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise PayloadTooLarge(f"the request body exceeds {limit} bytes") from None
     ctype = request.content_type
     is_json = ctype == "application/json" or ctype.endswith("+json")
     if not raw.strip():

@@ -8,6 +8,7 @@ it with my fence" mean the same thing everywhere.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
@@ -104,6 +105,7 @@ class Warmer:
         self.forecast_config = forecast_config
         self.clock = clock
         self._batches: dict[bool, dict[str, asyncio.Future[PartsRead | None]]] = {}
+        self._in_flight: dict[tuple[str, bool], asyncio.Future[PartsRead | None]] = {}
         self._loading: set[asyncio.Task[None]] = set()
 
     @property
@@ -135,6 +137,10 @@ class Warmer:
         snapshot taken after its call, at most one loop turn later.
         """
         loop = asyncio.get_running_loop()
+        # A read of this slug already on its way to SQLite answers this caller too.
+        future = self._in_flight.get((slug, values))
+        if future is not None:
+            return await asyncio.shield(future)
         batch = self._batches.get(values)
         if batch is None:
             batch = self._batches[values] = {}
@@ -147,9 +153,15 @@ class Warmer:
 
     def _flush(self, values: bool) -> None:
         batch = self._batches.pop(values)
+        for slug, future in batch.items():
+            self._in_flight[(slug, values)] = future
+            future.add_done_callback(functools.partial(self._landed, (slug, values)))
         task = asyncio.ensure_future(self._load(batch, values))
         self._loading.add(task)
         task.add_done_callback(self._loading.discard)
+
+    def _landed(self, key: tuple[str, bool], _: object) -> None:
+        self._in_flight.pop(key, None)
 
     async def _load(self, batch: dict[str, asyncio.Future[PartsRead | None]], values: bool) -> None:
         try:
