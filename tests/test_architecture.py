@@ -30,6 +30,9 @@ LAYERS: dict[str, int] = {
     "producers": 1,
     # L2: repositories, the lock contract, the scheduling loop
     "store": 2,
+    "cache": 2,
+    "cli_common": 7,
+    "cli_remote": 7,
     "runs": 2,
     "importer": 2,
     "locks": 2,

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 import pytest
 
 from tests.fakes import FakeClock
+from warmupd.cache import CacheStore
 from warmupd.config import JOB_FORECASTS, JOB_HOUSEKEEPING, JOB_INSIGHTS, Config, parse_config
 from warmupd.db import Database
 from warmupd.errors import NotFound, QueueFull, StaleDataHash
@@ -24,7 +25,7 @@ from warmupd.locks.sqlite import SqliteLocks
 from warmupd.models import Comparison, RunStatus, Trigger, WarmupState
 from warmupd.producers.insights_builtin import BuiltinInsights
 from warmupd.runs import NodeStore, RunStore
-from warmupd.store import CacheStore, ComparisonStore, WarmupStore
+from warmupd.store import ComparisonStore, WarmupStore
 
 T = TypeVar("T")
 DAY = 86_400_000
@@ -310,9 +311,7 @@ async def test_on_demand_queue_bound_and_bad_requests(world: World) -> None:
     assert (world.on_demand.in_flight(), world.on_demand.queued()) == (1, 2)
     with pytest.raises(QueueFull):
         await world.on_demand.request("q4", None)
-    assert (
-        world.on_demand.flight_state("q4", (await world.comparisons.head("q4")).data_hash) is None
-    )  # type: ignore[union-attr]
+    assert world.on_demand.flight_state("q4", comparison("q4").data_hash) is None
     with pytest.raises(NotFound):
         await world.on_demand.request("missing", None)
     with pytest.raises(StaleDataHash):

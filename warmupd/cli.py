@@ -7,46 +7,20 @@ an operator sees ``config error: jobs.x.schedule: …``, never a traceback.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
-import os
 import sys
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from warmupd import __version__
+from warmupd.cli_common import RUN_EXIT, _load, _run_async
+from warmupd.cli_remote import cmd_runs, cmd_status, cmd_trigger, cmd_warmup
 from warmupd.clock import SystemClock
-from warmupd.config import Config, load_config
 from warmupd.config_values import describe
 from warmupd.db import Database
 from warmupd.errors import UsageError, WarmupdError, exit_code_for
-
-DEFAULT_CONFIG = "/etc/warmupd/warmupd.toml"
-T = TypeVar("T")
-
-
-def config_path(arg: str | None) -> str | None:
-    """``-c`` wins, then ``$WARMUPD_CONFIG``, then /etc/warmupd/warmupd.toml if it exists.
-
-    With none of them the embedded defaults apply (``None``).
-    """
-    if arg:
-        return arg
-    env = os.environ.get("WARMUPD_CONFIG")
-    if env:
-        return env
-    return DEFAULT_CONFIG if Path(DEFAULT_CONFIG).exists() else None
-
-
-def _load(args: argparse.Namespace) -> Config:
-    return load_config(config_path(args.config))
-
-
-def _run_async(coro: Coroutine[Any, Any, T]) -> T:
-    return asyncio.run(coro)
-
 
 # --------------------------------------------------------------------------- commands
 
@@ -197,7 +171,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         for key, value in record.items():
             print(f"{key:>11}: {json.dumps(value) if isinstance(value, dict | list) else value}")
-    return {"success": 0, "skipped": 3}.get(record["status"], 1)
+    return RUN_EXIT.get(record["status"], 1)
 
 
 def cmd_purge(args: argparse.Namespace) -> int:
@@ -212,7 +186,7 @@ def cmd_purge(args: argparse.Namespace) -> int:
     else:
         purged = record["metadata"].get("purged", {})
         print(f"purge {record['status']}: " + ", ".join(f"{k} {v}" for k, v in purged.items()))
-    return {"success": 0, "skipped": 3}.get(record["status"], 1)
+    return RUN_EXIT.get(record["status"], 1)
 
 
 def _progress() -> Callable[[str, int, int, int], None]:
@@ -240,110 +214,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     cfg = _load(args)
     return _run_async(serve(cfg, log_format=args.log_format, log_level=args.log_level))
-
-
-# --------------------------------------------------------------------------- daemon client commands
-
-_RUN_EXIT = {"success": 0, "skipped": 3}
-
-
-def _client(args: argparse.Namespace) -> tuple[Any, Callable[..., Any]]:
-    from warmupd.client import DaemonClient, default_url
-
-    cfg = _load(args)
-    url = args.url or default_url(cfg)
-    return url, lambda: DaemonClient(
-        url, job_secret=cfg.secrets.job, warmup_secret=cfg.secrets.warmup
-    )
-
-
-def _print_json(value: Any) -> None:
-    print(json.dumps(value, indent=2))
-
-
-def cmd_trigger(args: argparse.Namespace) -> int:
-    """Trigger a job on the running daemon; with ``--wait`` print the finished run."""
-    from warmupd.client import runs_table
-
-    _, make = _client(args)
-
-    async def go() -> int:
-        async with make() as client:
-            data = await client.trigger(
-                args.job, wait=args.wait, limit=args.limit, concurrency=args.concurrency
-            )
-        if args.json:
-            _print_json(data)
-        elif args.wait:
-            print(runs_table([data]))
-        else:
-            print(f"started run {data['runId']} of {data['job']} ({data['statusUrl']})")
-        # Like ``run``: 0 success, 3 skipped, 1 anything else that finished badly.
-        return _RUN_EXIT.get(str(data.get("status")), 1) if args.wait else 0
-
-    return _run_async(go())
-
-
-def cmd_warmup(args: argparse.Namespace) -> int:
-    """Request an on-demand warmup of one comparison."""
-    from warmupd.schemas import validate_slug
-
-    try:
-        validate_slug(args.slug)
-    except WarmupdError as exc:
-        raise UsageError(str(exc)) from None
-    _, make = _client(args)
-
-    async def go() -> int:
-        async with make() as client:
-            data = await client.warmup(args.slug)
-        if args.json:
-            _print_json(data)
-        else:
-            where = f" ({data['statusUrl']})" if "statusUrl" in data else ""
-            print(f"{data.get('slug', args.slug)}: {data.get('status')}{where}")
-        return 0
-
-    return _run_async(go())
-
-
-def cmd_status(args: argparse.Namespace) -> int:
-    """Show the running daemon's status."""
-    from warmupd.client import status_text
-
-    _, make = _client(args)
-
-    async def go() -> int:
-        async with make() as client:
-            data = await client.status()
-        if args.json:
-            _print_json(data)
-        else:
-            print(status_text(data))
-        return 0
-
-    return _run_async(go())
-
-
-def cmd_runs(args: argparse.Namespace) -> int:
-    """List recent runs of the running daemon."""
-    from warmupd.client import runs_table
-
-    _, make = _client(args)
-
-    async def go() -> int:
-        async with make() as client:
-            runs = await client.runs(job=args.job, status=args.status, limit=args.limit)
-        if args.json:
-            _print_json(runs)
-        else:
-            print(runs_table(runs) if runs else "no runs")
-        return 0
-
-    return _run_async(go())
-
-
-# --------------------------------------------------------------------------- parser
 
 
 def _bounded(lo: int, hi: int) -> Callable[[str], int]:

@@ -98,6 +98,17 @@ class Comparison:
         return [float(p[term]) for p in self.series]
 
 
+@dataclass(frozen=True, kw_only=True)
+class ComparisonHead:
+    """What the read path needs of a comparison: no series."""
+
+    slug: str
+    term_a: str
+    term_b: str
+    data_hash: str
+    points: int
+
+
 def data_hash(series: list[dict[str, Any]], timeframe: str, term_a: str, term_b: str) -> str:
     """The comparison's ``dataHash`` (SPEC §3)."""
     return short_hash({"series": series, "timeframe": timeframe, "terms": [term_a, term_b]})

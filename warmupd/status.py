@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from warmupd import __version__
+from warmupd.cache import CacheStore
 from warmupd.clock import Clock, ms_to_iso
 from warmupd.config import Config
 from warmupd.db import Database, DatabaseError
@@ -14,7 +15,6 @@ from warmupd.jobs.ondemand import OnDemand
 from warmupd.jobs.runner import JobRunner
 from warmupd.runs import RunStore
 from warmupd.scheduler_loop import Scheduler
-from warmupd.store import CacheStore
 
 
 @dataclass

@@ -13,6 +13,7 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
+from warmupd.cache import CacheStore
 from warmupd.clock import Clock
 from warmupd.config import Config, load_config
 from warmupd.db import Database
@@ -34,7 +35,7 @@ from warmupd.producers.insights_openai import OpenAIInsights
 from warmupd.runs import NodeStore, RunStore, recover_abandoned
 from warmupd.scheduler import JobSchedule
 from warmupd.status import LockState
-from warmupd.store import CacheStore, ComparisonStore, WarmupStore
+from warmupd.store import ComparisonStore, WarmupStore
 
 log = get_logger("warmupd.daemon")
 

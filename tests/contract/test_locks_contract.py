@@ -124,7 +124,7 @@ async def test_fences_strictly_increase(backend: Harness) -> None:
 
 async def test_stale_holders_cache_write_is_rejected(backend: Harness, tmp_path: Path) -> None:
     # Imported here: warmupd.store (the lead's CacheStore) arrives on this branch by merging main.
-    from warmupd.store import CacheStore
+    from warmupd.cache import CacheStore
 
     async with Database(tmp_path / "cache.db") as db:
         store = CacheStore(db)

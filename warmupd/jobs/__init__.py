@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from warmupd.cache import CacheStore
 from warmupd.config import Config
 from warmupd.jobs.base import Job
 from warmupd.jobs.forecasts import ForecastsJob
@@ -11,7 +12,7 @@ from warmupd.jobs.housekeeping import HousekeepingJob, PurgeLocks
 from warmupd.jobs.insights import InsightsJob
 from warmupd.jobs.parts import Warmer
 from warmupd.runs import NodeStore, RunStore
-from warmupd.store import CacheStore, ComparisonStore, WarmupStore
+from warmupd.store import ComparisonStore, WarmupStore
 
 
 def build_jobs(

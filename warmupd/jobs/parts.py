@@ -13,22 +13,21 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
-from warmupd.clock import Clock
-from warmupd.config import CacheConfig, ForecastConfig
-from warmupd.errors import LockLost
-from warmupd.jobs.base import Fencing, ItemOutcome
-from warmupd.models import Comparison, Freshness
-from warmupd.producers import InsightsProducer
-from warmupd.producers.forecast import PREDICTION_ENGINE_VERSION, forecast_term
-from warmupd.store import (
+from warmupd.cache import (
     FORECAST,
     INSIGHTS,
     CacheStore,
-    ComparisonHead,
     StoredEntry,
     forecast_key,
     insights_key,
 )
+from warmupd.clock import Clock
+from warmupd.config import CacheConfig, ForecastConfig
+from warmupd.errors import LockLost
+from warmupd.jobs.base import Fencing, ItemOutcome
+from warmupd.models import Comparison, ComparisonHead, Freshness
+from warmupd.producers import InsightsProducer
+from warmupd.producers.forecast import PREDICTION_ENGINE_VERSION, forecast_term
 
 T = TypeVar("T")
 

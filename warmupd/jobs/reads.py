@@ -18,7 +18,7 @@ from warmupd.jobs.ondemand import OnDemand
 from warmupd.jobs.parts import FORECAST_A, FORECAST_B, INSIGHTS_PART, PartsRead, Warmer
 from warmupd.logs import get_logger
 from warmupd.models import Comparison, Freshness, WarmupState
-from warmupd.store import ComparisonHead, ComparisonStore, WarmupStore
+from warmupd.store import ComparisonStore, WarmupStore
 
 log = get_logger("warmupd.reads")
 
@@ -42,12 +42,6 @@ class ComparisonService:
         self.warmer = warmer
         self.on_demand = on_demand
         self.clock = clock
-
-    async def _head(self, slug: str) -> ComparisonHead:
-        head = await self.comparisons.head(slug)
-        if head is None:
-            raise NotFound(f"unknown comparison {slug!r}")
-        return head
 
     async def upsert(self, comparison: Comparison) -> tuple[bool, str]:
         """Insert or update a comparison; ``(created, dataHash)``."""
