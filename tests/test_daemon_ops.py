@@ -178,26 +178,7 @@ def test_no_secret_reaches_logs_status_metrics_or_the_database(
         {"ai": {"provider": "openai", "base_url": leaky_ai, "model": "m", "max_retries": 0}},
         env={"OPENAI_API_KEY": AI_KEY},
     )
-    import subprocess as sp
-    import sys
-
-    from tests.lock_support import worker_env
-
-    sp.run(
-        [
-            sys.executable,
-            "-m",
-            "warmupd",
-            "demo-data",
-            "-c",
-            str(daemon.config_path),
-            "--count",
-            "3",
-        ],
-        check=True,
-        env=worker_env(),
-        capture_output=True,
-    )
+    load_demo(daemon, 3)
     daemons.append(daemon.start())
     _, record = daemon.trigger("warmup-ai-explanations", wait=True)
     assert record["failed"] >= 1  # the AI server refused the key
