@@ -97,3 +97,31 @@ async def test_a_statement_never_lands_inside_another_tasks_transaction(db: Data
     assert await other == 1
     rows = await db.fetchall("SELECT job FROM schedule_state ORDER BY job")
     assert [r["job"] for r in rows] == ["other"]
+
+
+async def test_a_transaction_cancelled_while_begin_waits_leaves_no_transaction_open(
+    tmp_path: Path,
+) -> None:
+    """Found in review: BEGIN IMMEDIATE waiting on another process's write lock, then cancelled."""
+    import asyncio
+
+    path = tmp_path / "w.db"
+    async with Database(path, busy_timeout_ms=2_000) as db:
+        await db.execute("CREATE TABLE t(x)")
+        other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+
+        async def housekeeping() -> None:
+            async with db.transaction() as tx:
+                await tx.execute("DELETE FROM t")
+
+        task = asyncio.create_task(housekeeping())
+        await asyncio.sleep(0.2)  # BEGIN IMMEDIATE now waits in aiosqlite's thread
+        task.cancel()
+        cancelled = asyncio.gather(task, return_exceptions=True)
+        other.execute("COMMIT")  # the other process finishes; our BEGIN then succeeds
+        await cancelled
+        # An ordinary autocommit write through the lock-free path must be visible to others.
+        await db.execute("INSERT INTO t VALUES (1)")
+        assert other.execute("SELECT count(*) FROM t").fetchone()[0] == 1
+        other.close()

@@ -253,15 +253,28 @@ class Database:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Transaction]:
-        """``BEGIN IMMEDIATE`` … ``COMMIT`` (``ROLLBACK`` on any exception or cancellation)."""
+        """``BEGIN IMMEDIATE`` … ``COMMIT`` (``ROLLBACK`` on any exception or cancellation).
+
+        BEGIN and ROLLBACK run to completion while the lock is held, even when the caller is
+        cancelled meanwhile: a BEGIN that still lands after its caller gave up (it may wait up to
+        ``busy_timeout`` for another process's write lock) would otherwise leave the shared
+        connection inside a transaction nobody commits, and every later autocommit write of this
+        process would silently join it.
+        """
         async with self._lock:
             conn = self.conn
-            await conn.execute("BEGIN IMMEDIATE")
+            begin = asyncio.ensure_future(conn.execute("BEGIN IMMEDIATE"))
+            try:
+                await asyncio.shield(begin)
+            except asyncio.CancelledError:
+                await _finish(begin)
+                if not begin.cancelled() and begin.exception() is None:
+                    await _finish(asyncio.ensure_future(conn.execute("ROLLBACK")))
+                raise
             try:
                 yield Transaction(conn)
             except BaseException:
-                # Shield the rollback: a cancelled task must still leave the connection clean.
-                await asyncio.shield(conn.execute("ROLLBACK"))
+                await _finish(asyncio.ensure_future(conn.execute("ROLLBACK")))
                 raise
             else:
                 await conn.execute("COMMIT")
@@ -285,6 +298,24 @@ class Transaction:
     async def fetchall(self, sql: str, params: Params = ()) -> list[Row]:
         """Run a query and return every row."""
         return await _fetch(self.conn, sql, params)
+
+
+async def _finish(future: asyncio.Future[Any]) -> None:
+    """Wait until ``future`` is done, through any number of cancellations of the waiter.
+
+    Used for the statements that must complete for the connection to stay consistent (BEGIN and
+    ROLLBACK of :meth:`Database.transaction`); a pending cancellation is re-delivered after.
+    """
+    cancelled = False
+    while not future.done():
+        try:
+            await asyncio.shield(future)
+        except asyncio.CancelledError:
+            cancelled = True
+        except Exception:  # noqa: BLE001, S110 - the statement's own error is read below
+            pass
+    if cancelled:
+        raise asyncio.CancelledError
 
 
 async def _execute(conn: aiosqlite.Connection, sql: str, params: Params) -> int:
