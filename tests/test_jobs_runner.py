@@ -13,7 +13,7 @@ import pytest
 from tests.fakes import FakeClock
 from warmupd.config import JOB_FORECASTS, Config, JobConfig, parse_config
 from warmupd.db import Database
-from warmupd.errors import AlreadyRunning, LockedElsewhere, NotFound, ProducerError
+from warmupd.errors import AlreadyRunning, LockedElsewhere, LockLost, NotFound, ProducerError
 from warmupd.jobs.base import Fencing, ItemOutcome, Job, RunSettings
 from warmupd.jobs.runner import JobRunner
 from warmupd.locks import Locks
@@ -59,6 +59,8 @@ class ScriptedJob(Job[Step]):
         finally:
             self.events.append(("end", item.name))
         item.finished = True
+        if item.fail == "fenced":
+            raise LockLost("cache write of x rejected: a newer lock holder already wrote it")
         if item.fail:
             raise ProducerError(item.fail)
         return ItemOutcome.skipped(item.skip) if item.skip else ItemOutcome.processed()
@@ -322,3 +324,45 @@ async def test_scheduler_hooks_run_fires_and_record_misfires(world: World) -> No
     assert runs[None].metadata["dueAt"] == 1_000
     assert runs["misfired"].metadata == {"firstDueAt": 10, "lastDueAt": 20, "missed": 2}
     assert runs["locked_elsewhere"].metadata["dueAt"] == 2_000
+
+
+async def test_a_run_whose_lock_arrives_during_the_drain_is_recorded_cancelled(
+    world: World,
+) -> None:
+    """Found in review: a trigger still acquiring its lock when shutdown starts must not start."""
+    gate = asyncio.Event()
+
+    class SlowLocks(SqliteLocks):
+        async def _acquire(self, key: str, lease_ms: int) -> Any:
+            await gate.wait()  # the acquire round trip is in flight (busy SQLite, slow Redis)
+            return await super()._acquire(key, lease_ms)
+
+    step = Step("x")
+    step.release.set()
+    job = ScriptedJob([step])
+    runner = world.runner(job, SlowLocks(world.db, world.clock, "test:1:aaaaaa"))
+    trig = asyncio.create_task(runner.trigger(job.name, Trigger.SCHEDULE))
+    await asyncio.sleep(0.01)
+    drain = asyncio.create_task(runner.shutdown(5))
+    await asyncio.sleep(0.01)
+    assert not drain.done()  # the drain waits for the start in progress
+    gate.set()
+    await drain
+    with pytest.raises(Exception, match="shutting down"):
+        await trig
+    assert runner.active_tasks() == []
+    assert job.events == []
+    (record,) = await world.runs.list_runs(limit=5)
+    assert (record.status, record.reason) == (RunStatus.CANCELLED, "shutdown")
+    assert isinstance(await world.other.acquire(job.lock_key, 60_000), Acquired)
+
+
+async def test_a_refused_fenced_write_stops_the_run_as_lock_lost(world: World) -> None:
+    world.cfg = config(concurrency=1)
+    steps = [Step("ok"), Step("fenced", fail="fenced"), Step("never")]
+    for s in steps:
+        s.release.set()
+    job = ScriptedJob(steps)
+    record = await (await world.runner(job).trigger(job.name, Trigger.CLI)).wait()
+    assert (record.status, record.reason) == (RunStatus.FAILED, "lock_lost")
+    assert [name for kind, name in job.events if kind == "start"] == ["ok", "fenced"]

@@ -22,6 +22,7 @@ from warmupd.config import Config
 from warmupd.errors import (
     AlreadyRunning,
     LockedElsewhere,
+    LockLost,
     NotFound,
     ServiceUnavailable,
     WarmupdError,
@@ -116,6 +117,7 @@ class JobRunner:
         self.metrics = metrics
         self.on_progress = on_progress
         self._active: dict[str, _ActiveRun] = {}
+        self._starting: set[asyncio.Future[None]] = set()
         self._accepting = True
 
     def job_names(self) -> list[str]:
@@ -159,9 +161,14 @@ class JobRunner:
             raise AlreadyRunning(f"{job} is already running (run {holder})", run_id=holder)
         # Reserve the slot before the first await: two triggers racing here must not both pass.
         active = self._active[job] = _ActiveRun(job)
+        # Shutdown waits for starts in progress, so no run can begin after the drain looked.
+        starting = asyncio.get_running_loop().create_future()
+        self._starting.add(starting)
         try:
             return await self._start(definition, active, trigger, limit, concurrency, extra)
         finally:
+            self._starting.discard(starting)
+            starting.set_result(None)
             if active.task is None:
                 self._active.pop(job, None)
 
@@ -202,6 +209,13 @@ class JobRunner:
         except BaseException:
             await self.locks.release(lease)
             raise
+        if not self._accepting:
+            # SIGTERM arrived while the lock was being taken: record the run, do not start it.
+            await self.locks.release(lease)
+            await self.runs.finish(
+                run_id, status=RunStatus.CANCELLED, now_ms=self.clock.wall_ms(), reason="shutdown"
+            )
+            raise ServiceUnavailable(f"{job} not started: warmupd is shutting down")
         active.run_id = run_id
         active.task = asyncio.create_task(
             self._execute(definition, active, lease, started, settings, trigger, metadata),
@@ -359,7 +373,7 @@ class JobRunner:
         self, job: Job[Any], item: Any, settings: RunSettings, fencing: Fencing, active: _ActiveRun
     ) -> ItemOutcome:
         """Process one item in its own task, so that stopping can cancel exactly the in-flight ones."""
-        task = asyncio.create_task(self._guarded(job, item, settings, fencing))
+        task = asyncio.create_task(self._guarded(job, item, settings, fencing, active))
         active.inflight.add(task)
         try:
             await asyncio.wait({task})
@@ -373,7 +387,7 @@ class JobRunner:
         return task.result()
 
     async def _guarded(
-        self, job: Job[Any], item: Any, settings: RunSettings, fencing: Fencing
+        self, job: Job[Any], item: Any, settings: RunSettings, fencing: Fencing, active: _ActiveRun
     ) -> ItemOutcome:
         timeout_s = settings.item_timeout_ms / 1000
         try:
@@ -381,6 +395,10 @@ class JobRunner:
                 return await job.process(item, fencing, self.clock.wall_ms())
         except TimeoutError:
             return ItemOutcome(ItemResult.FAILED, f"timed out after {timeout_s:g}s")
+        except LockLost as exc:
+            # A fenced write was refused: a newer holder owns the lock, so stop the whole run.
+            active.stop_now("lock_lost")
+            return ItemOutcome(ItemResult.FAILED, exc.message)
         except WarmupdError as exc:
             return ItemOutcome(ItemResult.FAILED, exc.message)
         except Exception as exc:
@@ -418,6 +436,9 @@ class JobRunner:
     async def shutdown(self, grace_s: float) -> None:
         """Drain: start no new runs or items; after ``grace_s`` cancel in-flight items; wait for records."""
         self._accepting = False
+        if self._starting:
+            # A trigger between its lock acquire and its task: let it see _accepting and stop.
+            await asyncio.wait(set(self._starting), timeout=grace_s)
         tasks = self.active_tasks()
         for active in self._active.values():
             active.draining = True
