@@ -415,3 +415,25 @@ async def test_concurrent_reads_are_answered_by_one_statement(world: World) -> N
     assert reads[51] is None
     await world.warmer.read("popular")  # a later read asks again
     assert calls[-1] == ["popular"]
+
+
+async def test_draining_starts_no_queued_warmup(world: World) -> None:
+    """Found in review: the drain must let running warmups finish without starting queued ones."""
+    now = world.clock.wall_ms()
+    for slug in ("d1", "d2"):
+        await world.comparisons.upsert(comparison(slug), now)
+    world.cpu.gate = asyncio.Event()
+    await world.on_demand.request("d1", None)
+    while world.on_demand.in_flight() < 1 or not world.cpu.calls:
+        await asyncio.sleep(0.01)
+    await world.on_demand.request("d2", None)  # waits for the only slot
+    drain = asyncio.ensure_future(world.on_demand.shutdown(5))
+    await asyncio.sleep(0.01)
+    world.cpu.gate.set()  # d1 finishes within the grace
+    await drain
+    assert world.on_demand.computations == 1
+    d2 = await world.warmups.get("d2", comparison("d2").data_hash)
+    assert d2 is not None
+    assert (d2.status, d2.error) == (WarmupState.FAILED, "cancelled (shutdown)")
+    runs = await world.runs.list_runs(job="warmup-on-demand", limit=5)
+    assert [(r.status, r.metadata["slug"]) for r in runs] == [(RunStatus.SUCCESS, "d1")]

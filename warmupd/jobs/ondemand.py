@@ -161,6 +161,8 @@ class OnDemand:
                 flight.slug, flight.data_hash, WarmupState.QUEUED, self.clock.wall_ms()
             )
             async with self._slots:
+                if not self._accepting:
+                    raise asyncio.CancelledError  # noqa: TRY301 - stopping: a queued warmup does not start
                 flight.state = WarmupState.RUNNING
                 self._publish_depth()
                 await self._compute(flight)
@@ -206,30 +208,31 @@ class OnDemand:
             )
             return
         lease = result.lease
-        run_id = await self.runs.start(
-            JOB_ON_DEMAND,
-            Trigger.ON_DEMAND,
-            self.node,
-            now,
-            {
-                "slug": slug,
-                "dataHash": data_hash,
-                "lockBackend": lease.backend,
-                "fence": lease.fence,
-                "limit": 1,
-                "concurrency": 1,
-                "selected": 1,
-            },
-        )
-        await self.warmups.set(slug, data_hash, WarmupState.RUNNING, now, run_id=run_id)
-        # Until the computation ends one way or another, the run counts as cancelled: a shutdown
-        # that cancels this task leaves exactly that in the record.
-        status = RunStatus.CANCELLED
-        reason: str | None = "shutdown"
-        error: str | None = "cancelled (shutdown)"
-        counts = {"processed": 0, "skipped": 0, "failed": 1}
-        try:
-            async with renewing(self.locks, lease, self.clock, started_monotonic=started) as handle:
+        # Renewal (and the release on every exit path) starts the moment the lock is ours.
+        async with renewing(self.locks, lease, self.clock, started_monotonic=started) as handle:
+            run_id = await self.runs.start(
+                JOB_ON_DEMAND,
+                Trigger.ON_DEMAND,
+                self.node,
+                now,
+                {
+                    "slug": slug,
+                    "dataHash": data_hash,
+                    "lockBackend": lease.backend,
+                    "fence": lease.fence,
+                    "limit": 1,
+                    "concurrency": 1,
+                    "selected": 1,
+                },
+            )
+            # Until the computation ends one way or another, the run counts as cancelled: a
+            # shutdown that cancels this task leaves exactly that in the record.
+            status = RunStatus.CANCELLED
+            reason: str | None = "shutdown"
+            error: str | None = "cancelled (shutdown)"
+            counts = {"processed": 0, "skipped": 0, "failed": 1}
+            try:
+                await self.warmups.set(slug, data_hash, WarmupState.RUNNING, now, run_id=run_id)
                 comparison = await self._current(slug, data_hash)
                 fencing = Fencing(fence_key=self.locks.fence_key(lease), fence=lease.fence)
                 task = asyncio.ensure_future(self.warmer.warm(comparison, list(PARTS), fencing))
@@ -254,39 +257,54 @@ class OnDemand:
                     status, reason, error = RunStatus.FAILED, "lock_lost", "lock_lost"
                 else:
                     status, reason, error = RunStatus.CANCELLED, "max_duration", "max_duration"
-        except Exception as exc:
-            if not isinstance(exc, WarmupdError):
-                log.exception("ondemand.error", slug=slug)
-            status, reason = RunStatus.FAILED, "error"
-            error = exc.message if isinstance(exc, WarmupdError) else f"{type(exc).__name__}: {exc}"
-            counts = {"processed": 0, "skipped": 0, "failed": 1}
-        finally:
-            now = self.clock.wall_ms()
-            record = await asyncio.shield(
-                self.runs.finish(
-                    run_id,
-                    status=status,
-                    now_ms=now,
-                    reason=reason,
-                    errors=[f"{slug}: {error}"] if error else [],
-                    processed=counts["processed"],
-                    skipped=counts["skipped"],
-                    failed=counts["failed"],
+            except Exception as exc:
+                if not isinstance(exc, WarmupdError):
+                    log.exception("ondemand.error", slug=slug)
+                status, reason = RunStatus.FAILED, "error"
+                error = (
+                    exc.message if isinstance(exc, WarmupdError) else f"{type(exc).__name__}: {exc}"
                 )
-            )
-            final = WarmupState.READY if status is RunStatus.SUCCESS else WarmupState.FAILED
-            await asyncio.shield(
-                self.warmups.set(slug, data_hash, final, now, error=error, run_id=run_id)
-            )
-            log.info("ondemand.finished", slug=slug, run=run_id, status=status)
-            if self.metrics:
-                self.metrics.run_finished(
-                    JOB_ON_DEMAND,
-                    status,
-                    duration_s=self.clock.monotonic() - started,
-                    finished_ms=record.finished_at_ms or now,
-                    **counts,
+                counts = {"processed": 0, "skipped": 0, "failed": 1}
+            finally:
+                await asyncio.shield(
+                    self._record(slug, data_hash, run_id, status, reason, error, counts, started)
                 )
+
+    async def _record(
+        self,
+        slug: str,
+        data_hash: str,
+        run_id: int,
+        status: RunStatus,
+        reason: str | None,
+        error: str | None,
+        counts: dict[str, int],
+        started: float,
+    ) -> None:
+        now = self.clock.wall_ms()
+        record = await self.runs.finish(
+            run_id,
+            status=status,
+            now_ms=now,
+            reason=reason,
+            errors=[f"{slug}: {error}"] if error else [],
+            processed=counts["processed"],
+            skipped=counts["skipped"],
+            failed=counts["failed"],
+        )
+        final = WarmupState.READY if status is RunStatus.SUCCESS else WarmupState.FAILED
+        await self.warmups.set(slug, data_hash, final, now, error=error, run_id=run_id)
+        log.info("ondemand.finished", slug=slug, run=run_id, status=status)
+        if self.metrics:
+            self.metrics.run_finished(
+                JOB_ON_DEMAND,
+                status,
+                duration_s=self.clock.monotonic() - started,
+                finished_ms=record.finished_at_ms or now,
+                processed=counts["processed"],
+                skipped=counts["skipped"],
+                failed=counts["failed"],
+            )
 
     async def _current(self, slug: str, data_hash: str) -> Comparison:
         comparison = await self.comparisons.get(slug)
@@ -297,13 +315,21 @@ class OnDemand:
     # ----------------------------------------------------------------- stopping
 
     async def shutdown(self, grace_s: float) -> None:
-        """Accept no new warmups; let the running ones finish within ``grace_s``, then cancel."""
+        """Accept nothing new and start nothing queued; running warmups get ``grace_s``, then cancel.
+
+        Queued warmups are cancelled at once (their status rows say ``cancelled (shutdown)``):
+        draining lets work in progress finish, it does not start more.
+        """
         self._accepting = False
-        tasks = [f.task for f in self._flights.values() if f.task is not None]
-        if not tasks:
-            return
-        _, pending = await asyncio.wait(tasks, timeout=grace_s)
-        for task in pending:
-            task.cancel()
-        if pending:
-            await asyncio.wait(pending, timeout=10)
+        flights = list(self._flights.values())
+        for flight in flights:
+            if flight.state is WarmupState.QUEUED and flight.task is not None:
+                flight.task.cancel()
+        running = [f.task for f in flights if f.state is WarmupState.RUNNING and f.task is not None]
+        if running:
+            _, pending = await asyncio.wait(running, timeout=grace_s)
+            for task in pending:
+                task.cancel()
+        tasks = [f.task for f in flights if f.task is not None]
+        if tasks:
+            await asyncio.wait(tasks, timeout=10)
