@@ -15,7 +15,7 @@ from tests.fakes import FakeClock
 from warmupd.cache import CacheStore
 from warmupd.config import JOB_FORECASTS, JOB_HOUSEKEEPING, JOB_INSIGHTS, Config, parse_config
 from warmupd.db import Database
-from warmupd.errors import NotFound, QueueFull, StaleDataHash
+from warmupd.errors import NotFound, ProducerError, QueueFull, StaleDataHash
 from warmupd.jobs import build_jobs
 from warmupd.jobs.ondemand import OnDemand
 from warmupd.jobs.parts import Warmer
@@ -437,3 +437,25 @@ async def test_draining_starts_no_queued_warmup(world: World) -> None:
     assert (d2.status, d2.error) == (WarmupState.FAILED, "cancelled (shutdown)")
     runs = await world.runs.list_runs(job="warmup-on-demand", limit=5)
     assert [(r.status, r.metadata["slug"]) for r in runs] == [(RunStatus.SUCCESS, "d1")]
+
+
+async def test_a_failed_part_cancels_its_siblings(world: World) -> None:
+    """Found in review: the forecasts of an item whose insights failed must not finish later."""
+    now = world.clock.wall_ms()
+    c = comparison("half")
+    await world.comparisons.upsert(c, now)
+
+    class BrokenInsights(BuiltinInsights):
+        async def insights(self, comparison: Comparison, *, now_ms: int) -> dict[str, Any]:
+            raise ProducerError("AI server answered 401")
+
+    world.warmer.insights = BrokenInsights(prompt_version="1")
+    world.cpu.gate = asyncio.Event()  # the forecasts are still computing when insights fail
+    with pytest.raises(ProducerError, match="401"):
+        await world.warmer.warm(c, ["forecastA", "forecastB", "insights"], fencing())
+    world.cpu.gate.set()
+    for _ in range(20):
+        await asyncio.sleep(0)
+    states = await world.warmer.states("half", c.data_hash, world.clock.wall_ms())
+    assert not states["forecastA"].up_to_date
+    assert not states["forecastB"].up_to_date

@@ -222,10 +222,16 @@ class Warmer:
             if INSIGHTS_PART not in todo:
                 return ItemOutcome.skipped("insufficient_data")
             forecasts = []
-        await asyncio.gather(
-            *(self._forecast(comparison, p, fencing) for p in forecasts),
-            *([self._insights(comparison, fencing)] if INSIGHTS_PART in todo else []),
-        )
+        # A TaskGroup, not gather: when one part fails the others are cancelled, so no part of a
+        # failed item keeps computing (and writing) after the item, its run and its lock are gone.
+        try:
+            async with asyncio.TaskGroup() as group:
+                for part in forecasts:
+                    group.create_task(self._forecast(comparison, part, fencing))
+                if INSIGHTS_PART in todo:
+                    group.create_task(self._insights(comparison, fencing))
+        except ExceptionGroup as failed:
+            raise failed.exceptions[0] from None
         return ItemOutcome.processed()
 
     async def _forecast(self, comparison: Comparison, part: str, fencing: Fencing) -> None:
