@@ -459,3 +459,21 @@ async def test_a_failed_part_cancels_its_siblings(world: World) -> None:
     states = await world.warmer.states("half", c.data_hash, world.clock.wall_ms())
     assert not states["forecastA"].up_to_date
     assert not states["forecastB"].up_to_date
+
+
+async def test_status_follows_the_parts_over_an_old_status_row(world: World) -> None:
+    """Found in review: a failed or orphaned warmup row must not hide fresh parts or linger."""
+    now = world.clock.wall_ms()
+    c = comparison("rows")
+    await world.comparisons.upsert(c, now)
+    await world.warmups.set("rows", c.data_hash, WarmupState.RUNNING, now - 31 * 60_000)
+    assert (await world.service.warmup_status("rows"))["warmup"] == "idle"  # left by a dead process
+    await world.warmups.set(
+        "rows", c.data_hash, WarmupState.FAILED, now, error="cancelled (shutdown)"
+    )
+    failed = await world.service.warmup_status("rows")
+    assert (failed["warmup"], failed["lastError"]) == ("failed", "cancelled (shutdown)")
+    await world.warmer.warm(c, ["forecastA", "forecastB", "insights"], fencing())  # a nightly run
+    ready = await world.service.warmup_status("rows")
+    assert ready["warmup"] == "ready"
+    assert "lastError" not in ready

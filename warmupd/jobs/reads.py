@@ -65,14 +65,23 @@ class ComparisonService:
         head, states = read.head, read.states
         row = await self.warmups.get(slug, head.data_hash)
         flight = self.on_demand.flight_state(slug, head.data_hash)
+        # The parts are the truth: a row says what the last on-demand warmup did, which a nightly
+        # run may have made moot since (ready), and a queued/running row older than the longest a
+        # warmup may take was left by a process that stopped or died (idle).
+        horizon_ms = self._config().on_demand.max_duration_ms
         if flight is not None:
             state = flight
-        elif row is not None:
-            state = row.status
         elif all(states[p].up_to_date for p in self.warmer.applicable(head.points)):
             state = WarmupState.READY
-        else:
+        elif row is None or (
+            row.status in (WarmupState.QUEUED, WarmupState.RUNNING)
+            and now - row.updated_at_ms > horizon_ms
+        ):
             state = WarmupState.IDLE
+        elif row.status is WarmupState.READY:
+            state = WarmupState.IDLE  # ready then, but a part has gone stale or missing since
+        else:
+            state = row.status
         body: dict[str, Any] = {
             "slug": slug,
             "dataHash": head.data_hash,
