@@ -477,3 +477,32 @@ async def test_status_follows_the_parts_over_an_old_status_row(world: World) -> 
     ready = await world.service.warmup_status("rows")
     assert ready["warmup"] == "ready"
     assert "lastError" not in ready
+
+
+async def test_a_new_data_hash_is_not_refused_on_a_read_from_before_the_call(world: World) -> None:
+    """Found in review: joining an in-flight read could answer 409 for the current dataHash."""
+    now = world.clock.wall_ms()
+    await world.comparisons.upsert(comparison("moving"), now)
+    original = world.cache.read_comparisons
+    hold = asyncio.Event()
+    held: list[bool] = []
+
+    async def slow_first(slugs: list[str], now_ms: int, *, values: bool) -> Any:
+        result = await original(slugs, now_ms, values=values)
+        if not held:
+            held.append(True)
+            await hold.wait()  # the statement ran; its answer is still on its way
+        return result
+
+    world.cache.read_comparisons = slow_first  # type: ignore[method-assign]
+    early = asyncio.ensure_future(world.warmer.read("moving"))
+    while not held:
+        await asyncio.sleep(0.01)
+    new = comparison("moving", a0=10)
+    await world.comparisons.upsert(new, now + 1)  # another process stores a new series
+    request = asyncio.ensure_future(world.on_demand.request("moving", new.data_hash))
+    await asyncio.sleep(0.01)
+    hold.set()
+    answer = await request
+    assert answer["dataHash"] == new.data_hash
+    assert (await early) is not None

@@ -100,6 +100,13 @@ class OnDemand:
             raise NotFound(f"unknown comparison {slug!r}")
         current_hash = read.head.data_hash
         if data_hash is not None and data_hash != current_hash:
+            # The joined read may predate a write another process committed just before this call
+            # (the client saw the new dataHash): ask once more with a statement of our own.
+            read = await self.warmer.read(slug, join=False)
+            if read is None:
+                raise NotFound(f"unknown comparison {slug!r}")
+            current_hash = read.head.data_hash
+        if data_hash is not None and data_hash != current_hash:
             self._count("stale_data_hash")
             raise StaleDataHash(slug, data_hash, current_hash)
         flight = self._flights.get((slug, current_hash))

@@ -126,7 +126,7 @@ class Warmer:
         """The current version of ``part``."""
         return self.insights_version if part == INSIGHTS_PART else PREDICTION_ENGINE_VERSION
 
-    async def read(self, slug: str, *, values: bool = False) -> PartsRead | None:
+    async def read(self, slug: str, *, values: bool = False, join: bool = True) -> PartsRead | None:
         """The comparison's head and its parts' states; None for an unknown slug.
 
         Reads are batched: every read asked during one turn of the event loop is answered by one
@@ -136,8 +136,9 @@ class Warmer:
         snapshot taken after its call, at most one loop turn later.
         """
         loop = asyncio.get_running_loop()
-        # A read of this slug already on its way to SQLite answers this caller too.
-        future = self._in_flight.get((slug, values))
+        # A read of this slug already on its way to SQLite answers this caller too, unless the
+        # caller needs a statement issued after its call (``join=False``).
+        future = self._in_flight.get((slug, values)) if join else None
         if future is not None:
             return await asyncio.shield(future)
         batch = self._batches.get(values)
