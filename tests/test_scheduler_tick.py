@@ -76,6 +76,9 @@ class MemoryClaimer:
         self.claimed[(job, due_ms)] = ttl_ms
         return True
 
+    async def release_fire(self, job: str, due_ms: int) -> bool:
+        return self.claimed.pop((job, due_ms), None) is not None
+
 
 class Recorder:
     def __init__(self) -> None:
@@ -454,3 +457,23 @@ async def test_preclaim_takes_the_claim_round_trip_out_of_the_due_step() -> None
     await a.preclaim(due + 9_900)
     await a.tick(due + 25_000)
     assert [f.due_ms for f in rec_a.fires] == [due, due + 20_000]
+
+
+async def test_a_stopping_scheduler_gives_back_fires_it_claimed_ahead() -> None:
+    job = JobSchedule(name="fast", expr="*/10 * * * * *", misfire_grace_ms=0)
+    claimer = MemoryClaimer()
+    start = at("2024-05-01T10:00:00.500Z")
+    a, rec_a, _, _ = make([job], FakeClock(start), claimer=claimer)
+    b, rec_b, _, _ = make([job], FakeClock(start), claimer=claimer)
+    await a.start_up(start)
+    await b.start_up(start)
+    due = at("2024-05-01T10:00:10Z")
+    await a.preclaim(due - 150)
+    assert (job.name, due) in claimer.claimed
+    a.stop()  # SIGTERM in the last moments before the fire
+    await a.release_preclaims()
+    await a.preclaim(due - 100)  # a stopping scheduler claims nothing more
+    assert (job.name, due) not in claimer.claimed
+    await b.tick(due + 5)  # so another process runs it
+    assert [f.due_ms for f in rec_b.fires] == [due]
+    assert rec_a.fires == []

@@ -227,6 +227,8 @@ class Daemon:
         self._transition(ShutdownState.DRAINING)
         self.notifier.stopping()
         scheduler.stop()
+        # Let the loop leave by itself: on its way out it gives back fires it claimed ahead.
+        await asyncio.wait({tasks[0]}, timeout=5)
         await site.stop()
         grace_s = self.holder().daemon.shutdown_grace_ms / 1000
         await asyncio.gather(core.runner.shutdown(grace_s), core.on_demand.shutdown(grace_s))

@@ -66,6 +66,10 @@ class ScheduleStateStore(Protocol):
 class FireClaimer(Protocol):
     """Set-if-absent claims of fire identities, shared by every process on one lock backend."""
 
+    async def release_fire(self, job: str, due_ms: int) -> bool:
+        """Give back this process's claim of a fire it will not run (see :meth:`Scheduler.run`)."""
+        ...
+
     async def claim_fire(self, job: str, due_ms: int, ttl_ms: int) -> bool:
         """Claim ``(job, due_ms)`` for ``ttl_ms``; ``True`` for exactly one caller in total."""
         ...
@@ -281,8 +285,11 @@ class Scheduler:
         """Claim every fire whose run time is at most :data:`CLAIM_AHEAD_MS` away.
 
         The step at the due time then hands it over (or not) without a round trip. A failing
-        claimer is logged; the step at the due time simply claims again.
+        claimer is logged; the step at the due time simply claims again. Nothing is claimed once
+        :meth:`stop` was called, and :meth:`run` gives back what it claimed but did not hand over.
         """
+        if self._stopping:
+            return
         for state in list(self._jobs.values()):
             slot = self._next_slot(state) if state.cursor_ms is not None else None
             if slot is None or (state.preclaimed is not None and state.preclaimed[0] == slot):
@@ -415,6 +422,22 @@ class Scheduler:
             if abs(drift_ms) > CLOCK_JUMP_TOLERANCE_MS:
                 log.warning("scheduler.clock_jump", jump_ms=round(drift_ms))
             await self.tick(now_ms)
+        await self.release_preclaims()
+
+    async def release_preclaims(self) -> None:
+        """Give back fires claimed ahead that were not handed over, so another process runs them.
+
+        Without this, a process stopped in the last :data:`CLAIM_AHEAD_MS` before a fire would
+        hold that fire's claim and nobody in the fleet would run it.
+        """
+        for state in list(self._jobs.values()):
+            claimed, state.preclaimed = state.preclaimed, None
+            if claimed is None or not claimed[1]:
+                continue
+            try:
+                await self._claimer.release_fire(state.schedule.name, claimed[0])
+            except Exception:
+                log.exception("scheduler.unclaim_failed", job=state.schedule.name)
 
     async def _interruptible_sleep(self, seconds: float) -> None:
         sleeper = asyncio.ensure_future(self._clock.sleep(seconds))

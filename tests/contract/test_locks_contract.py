@@ -180,6 +180,16 @@ async def test_claim_fire_once(backend: Harness) -> None:
     assert await backend.b.claim_fire(job, due, 3_600_000) is True
 
 
+async def test_only_the_claimer_gives_a_fire_back(backend: Harness) -> None:
+    job, due = "housekeeping", 1_700_000_500_000
+    assert await backend.a.claim_fire(job, due, 3_600_000) is True
+    assert await backend.b.release_fire(job, due) is False  # not b's claim: untouched
+    assert await backend.b.claim_fire(job, due, 3_600_000) is False
+    assert await backend.a.release_fire(job, due) is True
+    assert await backend.a.release_fire(job, due) is False  # already given back
+    assert await backend.b.claim_fire(job, due, 3_600_000) is True  # another process may run it
+
+
 async def test_invalid_arguments_are_rejected(backend: Harness) -> None:
     with pytest.raises(ValueError, match="lock key"):
         await backend.a.acquire("bad {key}", LEASE_MS)
@@ -273,6 +283,9 @@ class StalledRenew(Locks):
 
     async def claim_fire(self, job: str, due_ms: int, ttl_ms: int) -> bool:
         return await self.inner.claim_fire(job, due_ms, ttl_ms)
+
+    async def release_fire(self, job: str, due_ms: int) -> bool:
+        return await self.inner.release_fire(job, due_ms)
 
 
 async def test_local_deadline_fires_before_the_lease_can_expire(backend: Harness) -> None:

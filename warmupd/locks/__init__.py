@@ -192,6 +192,18 @@ class Locks(abc.ABC):
         :raises ValueError: for an invalid job name or a ``ttl_ms`` below 1.
         """
 
+    @abc.abstractmethod
+    async def release_fire(self, job: str, due_ms: int) -> bool:
+        """Give back a claim of ``(job, due_ms)`` this process made and will not run.
+
+        Only this process's own claim is removed, so another process may then claim and run the
+        fire. The scheduler calls it when it stops between claiming a fire ahead of time and
+        handing it over.
+
+        :returns: True when this process's claim was removed.
+        :raises ServiceUnavailable: when the backend could not be asked.
+        """
+
     def fence_key(self, lease: Lease) -> str:
         """The lineage of ``lease.fence`` for fenced writes (``CacheStore.put(fence_key=...)``).
 

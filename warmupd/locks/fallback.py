@@ -170,6 +170,14 @@ class FallbackLocks(Locks):
         self._mark(True)
         return claimed
 
+    async def release_fire(self, job: str, due_ms: int) -> bool:
+        """See :meth:`Locks.release_fire`: Redis first (best effort), then the SQLite claim."""
+        try:
+            await self._redis.release_fire(job, due_ms)
+        except ServiceUnavailable:
+            self._mark(False)
+        return await self._sqlite.release_fire(job, due_ms)
+
     async def ping(self) -> bool:
         """Probe Redis and update :attr:`redis_up` (for a periodic health check)."""
         up = await self._redis.ping()

@@ -75,6 +75,14 @@ redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1
 """
 
+_UNCLAIM = """
+local cur = redis.call('GET', KEYS[1])
+if cur and string.sub(cur, 1, string.len(ARGV[1])) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
 _ERRORS = (RedisError, OSError)
 
 
@@ -126,6 +134,7 @@ class RedisLocks(Locks):
         self._renew_script = self._client.register_script(_RENEW)
         self._release_script = self._client.register_script(_RELEASE)
         self._claim_script = self._client.register_script(_CLAIM)
+        self._unclaim_script = self._client.register_script(_UNCLAIM)
 
     def lock_key(self, key: str) -> str:
         """The Redis key of lock ``key``."""
@@ -192,6 +201,16 @@ class RedisLocks(Locks):
             ok = await self._claim_script(keys=[self.claim_key(job, due_ms)], args=[token, ttl_ms])
         except _ERRORS as exc:
             raise ServiceUnavailable(f"redis claim failed: {type(exc).__name__}") from exc
+        return int(ok) == 1
+
+    async def release_fire(self, job: str, due_ms: int) -> bool:
+        """See :meth:`Locks.release_fire`: delete the claim key if its token is this node's."""
+        try:
+            ok = await self._unclaim_script(
+                keys=[self.claim_key(job, due_ms)], args=[f"{self._node}|"]
+            )
+        except _ERRORS as exc:
+            raise ServiceUnavailable(f"redis unclaim failed: {type(exc).__name__}") from exc
         return int(ok) == 1
 
     async def ping(self) -> bool:

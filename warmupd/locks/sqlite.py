@@ -53,6 +53,8 @@ UPDATE locks SET owner = '', expires_at = 0, holder = ''
 WHERE key = :key AND owner = :owner AND expires_at > :now
 """
 
+_UNCLAIM = "DELETE FROM fire_claims WHERE job = :job AND due_at = :due AND node = :node"
+
 _CLAIM = """
 INSERT INTO fire_claims(job, due_at, node, claimed_at, expires_at)
 VALUES (:job, :due, :node, :now, :expires)
@@ -148,6 +150,11 @@ class SqliteLocks(Locks):
     async def _release_token(self, key: str, token: str) -> bool:
         params = {"key": key, "owner": token, "now": self._clock.wall_ms()}
         return await self._write(_RELEASE, params) == 1
+
+    async def release_fire(self, job: str, due_ms: int) -> bool:
+        """See :meth:`Locks.release_fire`: delete the claim row if this node made it."""
+        params = {"job": job, "due": due_ms, "node": self._node}
+        return await self._write(_UNCLAIM, params) == 1
 
     async def claim_fire(self, job: str, due_ms: int, ttl_ms: int) -> bool:
         """See :meth:`Locks.claim_fire`: a primary-key insert; an expired claim can be re-taken."""
