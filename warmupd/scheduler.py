@@ -19,15 +19,17 @@ imports only the leaves of the package.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
+from typing import Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import CroniterError, croniter
 
 from warmupd.clock import ms_to_iso
+from warmupd.models import Fire
 
 _ALIASES = {
     "@hourly": "0 * * * *",
@@ -387,3 +389,47 @@ def latest_slot(schedule: JobSchedule, known_ms: int, until_ms: int) -> int:
         else:
             above = middle
     return below + 1
+
+
+class ScheduleStateStore(Protocol):
+    """Where the per-job cursor survives restarts (the ``schedule_state`` table).
+
+    ``last_fire_ms`` is the latest accounted slot (``None`` until one is); ``next_fire_ms`` is the
+    next slot as of saving, informational except for a job that never fired, whose first slot is
+    still owed after a restart.
+    """
+
+    async def load(self, job: str) -> tuple[int | None, int | None]:
+        """``(last_fire_ms, next_fire_ms)`` of ``job``; ``(None, None)`` when never saved."""
+        ...
+
+    async def save(self, job: str, last_fire_ms: int | None, next_fire_ms: int | None) -> None:
+        """Persist both values for ``job`` (an upsert)."""
+        ...
+
+
+class FireClaimer(Protocol):
+    """Set-if-absent claims of fire identities, shared by every process on one lock backend."""
+
+    async def release_fire(self, job: str, due_ms: int) -> bool:
+        """Give back this process's claim of a fire it will not run (see :meth:`Scheduler.run`)."""
+        ...
+
+    async def claim_fire(self, job: str, due_ms: int, ttl_ms: int) -> bool:
+        """Claim ``(job, due_ms)`` for ``ttl_ms``; ``True`` for exactly one caller in total."""
+        ...
+
+
+@dataclass(frozen=True, kw_only=True)
+class Misfire:
+    """Slots missed beyond their grace: recorded as one ``skipped`` run, reason ``misfired``."""
+
+    job: str
+    first_due_ms: int
+    last_due_ms: int
+    count: int
+    """How many slots were missed (at most :data:`~warmupd.scheduler.COUNT_CAP`)."""
+
+
+OnFire = Callable[[Fire], Awaitable[None]]
+OnMisfire = Callable[[Misfire], Awaitable[None]]

@@ -22,14 +22,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Protocol
 
 from warmupd.clock import Clock, ms_to_iso
 from warmupd.logs import get_logger
 from warmupd.models import Fire, Trigger
-from warmupd.scheduler import JobSchedule, next_fire_times, scan_slots
+from warmupd.scheduler import (
+    FireClaimer,
+    JobSchedule,
+    Misfire,
+    OnFire,
+    OnMisfire,
+    ScheduleStateStore,
+    next_fire_times,
+    scan_slots,
+)
+
+__all__ = ["FireClaimer", "Misfire", "ScheduleStateStore", "Scheduler"]
 
 log = get_logger("warmupd.scheduler")
 
@@ -44,50 +54,6 @@ CLAIM_AHEAD_MS = 200
 backend is not part of the fire's lateness (bench P5). A crash between the claim and the due time
 loses that one fire, exactly as a crash between claim and hand-over always could."""
 ERROR_BACKOFF_MAX_S = 10.0
-
-
-class ScheduleStateStore(Protocol):
-    """Where the per-job cursor survives restarts (the ``schedule_state`` table).
-
-    ``last_fire_ms`` is the latest accounted slot (``None`` until one is); ``next_fire_ms`` is the
-    next slot as of saving, informational except for a job that never fired, whose first slot is
-    still owed after a restart.
-    """
-
-    async def load(self, job: str) -> tuple[int | None, int | None]:
-        """``(last_fire_ms, next_fire_ms)`` of ``job``; ``(None, None)`` when never saved."""
-        ...
-
-    async def save(self, job: str, last_fire_ms: int | None, next_fire_ms: int | None) -> None:
-        """Persist both values for ``job`` (an upsert)."""
-        ...
-
-
-class FireClaimer(Protocol):
-    """Set-if-absent claims of fire identities, shared by every process on one lock backend."""
-
-    async def release_fire(self, job: str, due_ms: int) -> bool:
-        """Give back this process's claim of a fire it will not run (see :meth:`Scheduler.run`)."""
-        ...
-
-    async def claim_fire(self, job: str, due_ms: int, ttl_ms: int) -> bool:
-        """Claim ``(job, due_ms)`` for ``ttl_ms``; ``True`` for exactly one caller in total."""
-        ...
-
-
-@dataclass(frozen=True, kw_only=True)
-class Misfire:
-    """Slots missed beyond their grace: recorded as one ``skipped`` run, reason ``misfired``."""
-
-    job: str
-    first_due_ms: int
-    last_due_ms: int
-    count: int
-    """How many slots were missed (at most :data:`~warmupd.scheduler.COUNT_CAP`)."""
-
-
-OnFire = Callable[[Fire], Awaitable[None]]
-OnMisfire = Callable[[Misfire], Awaitable[None]]
 
 
 @dataclass

@@ -5,7 +5,7 @@ A run (SPEC §6): check the job-level limit (one run per job type per process) �
 ``concurrency`` worker tasks pulling from one iterator (a new item starts as soon as any finishes) →
 record the run → release the lock, on every exit path.
 
-Stopping is one mechanism: :meth:`_ActiveRun.stop_now` with a reason (``lock_lost``,
+Stopping is one mechanism: :meth:`ActiveRun.stop_now` with a reason (``lock_lost``,
 ``max_duration``, ``shutdown``) stops starting items and cancels the in-flight ones; the first
 reason decides the run's status. Draining (SIGTERM) only stops starting new items.
 """
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 from warmupd.clock import Clock
@@ -28,6 +27,7 @@ from warmupd.errors import (
     WarmupdError,
 )
 from warmupd.jobs.base import Fencing, ItemOutcome, ItemResult, Job, RunSettings
+from warmupd.jobs.run_state import ActiveRun, Tally
 from warmupd.locks import Locks, renewing
 from warmupd.logs import get_logger
 from warmupd.metrics import Metrics
@@ -54,45 +54,6 @@ class RunHandle:
         return await asyncio.shield(self.task)
 
 
-@dataclass(eq=False)
-class _ActiveRun:
-    job: str
-    run_id: int | None = None
-    task: asyncio.Task[RunRecord] | None = None
-    draining: bool = False
-    stop_reason: str | None = None
-    inflight: set[asyncio.Task[ItemOutcome]] = field(default_factory=set)
-
-    def stop_now(self, reason: str) -> None:
-        """Start no more items and cancel the in-flight ones; the first reason wins."""
-        if self.stop_reason is None:
-            self.stop_reason = reason
-        for task in list(self.inflight):
-            task.cancel()
-
-
-@dataclass
-class _Tally:
-    processed: int = 0
-    skipped: int = 0
-    failed: int = 0
-    errors: list[str] = field(default_factory=list)
-
-    @property
-    def done(self) -> int:
-        return self.processed + self.skipped + self.failed
-
-    def add(self, label: str, outcome: ItemOutcome) -> None:
-        if outcome.result is ItemResult.PROCESSED:
-            self.processed += 1
-        elif outcome.result is ItemResult.SKIPPED:
-            self.skipped += 1
-        else:
-            self.failed += 1
-            if len(self.errors) < 10:
-                self.errors.append(f"{label}: {outcome.reason}")
-
-
 class JobRunner:
     """Runs jobs for the scheduler, the HTTP API and the CLI alike."""
 
@@ -116,7 +77,7 @@ class JobRunner:
         self.node = node
         self.metrics = metrics
         self.on_progress = on_progress
-        self._active: dict[str, _ActiveRun] = {}
+        self._active: dict[str, ActiveRun] = {}
         self._starting: set[asyncio.Future[None]] = set()
         self._accepting = True
 
@@ -160,7 +121,7 @@ class JobRunner:
             )
             raise AlreadyRunning(f"{job} is already running (run {holder})", run_id=holder)
         # Reserve the slot before the first await: two triggers racing here must not both pass.
-        active = self._active[job] = _ActiveRun(job)
+        active = self._active[job] = ActiveRun(job)
         # Shutdown waits for starts in progress, so no run can begin after the drain looked.
         starting = asyncio.get_running_loop().create_future()
         self._starting.add(starting)
@@ -175,7 +136,7 @@ class JobRunner:
     async def _start(
         self,
         definition: Job[Any],
-        active: _ActiveRun,
+        active: ActiveRun,
         trigger: Trigger,
         limit: int | None,
         concurrency: int | None,
@@ -253,7 +214,7 @@ class JobRunner:
     async def _execute(
         self,
         job: Job[Any],
-        active: _ActiveRun,
+        active: ActiveRun,
         lease: Any,
         acquired_monotonic: float,
         settings: RunSettings,
@@ -262,7 +223,7 @@ class JobRunner:
     ) -> RunRecord:
         assert active.run_id is not None
         run_id = active.run_id
-        tally = _Tally()
+        tally = Tally()
         status, reason = RunStatus.SUCCESS, None
         begun = self.clock.monotonic()
         log.info("run.started", job=job.name, run=run_id, trigger=trigger, fence=lease.fence)
@@ -357,7 +318,7 @@ class JobRunner:
 
     @staticmethod
     def _final_status(
-        active: _ActiveRun, tally: _Tally, selected: int
+        active: ActiveRun, tally: Tally, selected: int
     ) -> tuple[RunStatus, str | None]:
         if active.stop_reason == "lock_lost":
             return RunStatus.FAILED, "lock_lost"
@@ -370,7 +331,7 @@ class JobRunner:
         return RunStatus.SUCCESS, None
 
     async def _one(
-        self, job: Job[Any], item: Any, settings: RunSettings, fencing: Fencing, active: _ActiveRun
+        self, job: Job[Any], item: Any, settings: RunSettings, fencing: Fencing, active: ActiveRun
     ) -> ItemOutcome:
         """Process one item in its own task, so that stopping can cancel exactly the in-flight ones."""
         task = asyncio.create_task(self._guarded(job, item, settings, fencing, active))
@@ -387,7 +348,7 @@ class JobRunner:
         return task.result()
 
     async def _guarded(
-        self, job: Job[Any], item: Any, settings: RunSettings, fencing: Fencing, active: _ActiveRun
+        self, job: Job[Any], item: Any, settings: RunSettings, fencing: Fencing, active: ActiveRun
     ) -> ItemOutcome:
         timeout_s = settings.item_timeout_ms / 1000
         try:
