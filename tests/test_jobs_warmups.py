@@ -506,3 +506,62 @@ async def test_a_new_data_hash_is_not_refused_on_a_read_from_before_the_call(wor
     answer = await request
     assert answer["dataHash"] == new.data_hash
     assert (await early) is not None
+
+
+async def test_status_reports_an_overdue_job_as_degraded(world: World) -> None:
+    """SPEC §4: overdue = last success older than two periods plus misfire_grace (the daemon is
+    its own dead-man's switch); status says so, per job and as ``state: degraded``."""
+    from warmupd.jobs.service import JobsService
+    from warmupd.scheduler import JobSchedule
+    from warmupd.scheduler_loop import Scheduler
+    from warmupd.status import LockState, StatusService
+    from warmupd.store import ScheduleStore
+
+    db = world.comparisons.db
+    hourly = JobSchedule(name=JOB_HOUSEKEEPING, expr="17 * * * *", misfire_grace_ms=3_600_000)
+
+    async def ignore(_: object) -> None:
+        return None
+
+    scheduler = Scheduler(
+        [hourly],
+        state=ScheduleStore(db),
+        claimer=world.other_locks,
+        clock=world.clock,
+        on_fire=ignore,
+    )
+    await scheduler.start_up(world.clock.wall_ms())
+    jobs = JobsService(
+        config=lambda: world.cfg,
+        runner=world.runner,
+        runs=world.runs,
+        clock=world.clock,
+        scheduler=lambda: scheduler,
+    )
+    status = StatusService(
+        db=db,
+        runs=world.runs,
+        cache=world.cache,
+        job_list=jobs,
+        on_demand=world.on_demand,
+        scheduler=lambda: scheduler,
+        lock_state=lambda: LockState(backend="sqlite", redis="unconfigured", usable=True),
+        node="n1",
+        clock=world.clock,
+        started_ms=world.clock.wall_ms(),
+    )
+    doc = await status.status()
+    assert doc["state"] == "ok"
+    assert next(j for j in doc["jobs"] if j["name"] == JOB_HOUSEKEEPING)["overdue"] is False
+    world.clock.set_wall_ms(world.clock.wall_ms() + 4 * 3_600_000)  # no success for 4 hours
+    doc = await status.status()
+    job = next(j for j in doc["jobs"] if j["name"] == JOB_HOUSEKEEPING)
+    assert (doc["state"], job["overdue"], job["lastSuccessAt"]) == ("degraded", True, None)
+    await run(world, JOB_HOUSEKEEPING)  # a success clears it
+    doc = await status.status()
+    assert doc["state"] == "ok"
+    assert (
+        next(j for j in doc["jobs"] if j["name"] == JOB_HOUSEKEEPING)["lastRun"]["status"]
+        == "success"
+    )
+    assert (await status.ready())[0] is True  # readyz stays 200 throughout

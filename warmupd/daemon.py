@@ -152,25 +152,24 @@ class Daemon:
             on_lateness=lambda job, s: self.metrics.scheduler_lateness.observe(s, job_name=job),
         )
         self.scheduler = scheduler
-        status = StatusService(
-            config=holder,
-            db=core.db,
-            runs=core.runs,
-            cache=core.cache,
-            runner=core.runner,
-            on_demand=core.on_demand,
-            scheduler=lambda: self.scheduler,
-            lock_state=core.lock_state,
-            node=self.node,
-            clock=self.clock,
-            started_ms=self.clock.wall_ms(),
-        )
         jobs = JobsService(
             config=holder,
             runner=core.runner,
             runs=core.runs,
             clock=self.clock,
             scheduler=lambda: self.scheduler,
+        )
+        status = StatusService(
+            db=core.db,
+            runs=core.runs,
+            cache=core.cache,
+            job_list=jobs,
+            on_demand=core.on_demand,
+            scheduler=lambda: self.scheduler,
+            lock_state=core.lock_state,
+            node=self.node,
+            clock=self.clock,
+            started_ms=self.clock.wall_ms(),
         )
         comparisons = ComparisonService(
             config=holder,

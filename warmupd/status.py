@@ -9,10 +9,9 @@ from typing import Any
 from warmupd import __version__
 from warmupd.cache import CacheStore
 from warmupd.clock import Clock, ms_to_iso
-from warmupd.config import Config
 from warmupd.db import Database, DatabaseError
 from warmupd.jobs.ondemand import OnDemand
-from warmupd.jobs.runner import JobRunner
+from warmupd.jobs.service import JobsService
 from warmupd.runs import RunStore
 from warmupd.scheduler_loop import Scheduler
 
@@ -35,11 +34,10 @@ class StatusService:
     def __init__(
         self,
         *,
-        config: Callable[[], Config],
         db: Database,
         runs: RunStore,
         cache: CacheStore,
-        runner: JobRunner,
+        job_list: JobsService,
         on_demand: OnDemand,
         scheduler: Callable[[], Scheduler | None],
         lock_state: Callable[[], LockState],
@@ -47,11 +45,10 @@ class StatusService:
         clock: Clock,
         started_ms: int,
     ) -> None:
-        self._config = config
         self.db = db
         self.runs = runs
         self.cache = cache
-        self.runner = runner
+        self.job_list = job_list
         self.on_demand = on_demand
         self._scheduler = scheduler
         self._lock_state = lock_state
@@ -75,36 +72,19 @@ class StatusService:
         return db_ok and locks.usable, detail
 
     async def jobs(self, now_ms: int) -> list[dict[str, Any]]:
-        """Per job: schedule, next fire, last run, last success and whether it is overdue."""
-        cfg = self._config()
+        """The job list of ``GET /api/jobs`` plus each job's last success and overdue state."""
         scheduler = self._scheduler()
         out = []
-        for name in self.runner.job_names():
-            job = cfg.jobs[name]
+        for entry in await self.job_list.jobs():
+            name = entry["name"]
             last_success = await self.runs.last_success_ms(name)
-            last = await self.runs.last_finished(name)
             overdue = bool(
                 scheduler
-                and job.enabled
+                and entry["enabled"]
                 and name in scheduler.jobs
                 and scheduler.is_overdue(name, last_success, now_ms)
             )
-            out.append(
-                {
-                    "name": name,
-                    "schedule": job.schedule,
-                    "timezone": job.timezone,
-                    "enabled": job.enabled,
-                    "nextRunAt": ms_to_iso(
-                        scheduler.next_run_ms(name) if scheduler and job.enabled else None
-                    ),
-                    "running": self.runner.running_run_id(name),
-                    "lastRunAt": ms_to_iso(last.started_at_ms if last else None),
-                    "lastStatus": last.status.value if last else None,
-                    "lastSuccessAt": ms_to_iso(last_success),
-                    "overdue": overdue,
-                }
-            )
+            out.append({**entry, "lastSuccessAt": ms_to_iso(last_success), "overdue": overdue})
         return out
 
     async def status(self) -> dict[str, Any]:

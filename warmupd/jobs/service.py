@@ -74,7 +74,8 @@ class JobsService:
         for name in self.runner.job_names():
             job = cfg.jobs[name]
             last = await self.run_store.last_finished(name)
-            next_ms = scheduler.next_run_ms(name) if scheduler and job.enabled else None
+            scheduled = scheduler is not None and job.enabled and name in scheduler.jobs
+            next_ms = scheduler.next_run_ms(name) if scheduler is not None and scheduled else None
             out.append(
                 {
                     "name": name,
