@@ -26,22 +26,6 @@ def insights_key(slug: str, data_hash: str) -> str:
     return f"insights:{slug}:{data_hash}"
 
 
-@dataclass(frozen=True, kw_only=True)
-class CacheEntry:
-    """One cache entry and its freshness at the instant it was read."""
-
-    key: str
-    kind: str
-    slug: str
-    data_hash: str
-    version: str
-    value: dict[str, Any]
-    created_at_ms: int
-    fresh_until_ms: int
-    stale_until_ms: int
-    freshness: Freshness
-
-
 def freshness_at(fresh_until_ms: int, stale_until_ms: int, now_ms: int) -> Freshness:
     """SPEC §7: fresh while now < fresh_until, stale while now < stale_until, else missing."""
     if now_ms < fresh_until_ms:
@@ -118,32 +102,6 @@ class CacheStore:
             ),
         )
         return changed > 0
-
-    async def get_many(self, keys: list[str], now_ms: int) -> dict[str, CacheEntry]:
-        """Entries for ``keys`` that are fresh or stale (missing ones are absent)."""
-        if not keys:
-            return {}
-        marks = ",".join("?" * len(keys))
-        rows = await self.db.fetchall(
-            f"""SELECT key, kind, slug, data_hash, version, value, created_at, fresh_until,
-                   stale_until FROM cache_entries WHERE key IN ({marks}) AND stale_until > ?""",
-            (*keys, now_ms),
-        )
-        return {
-            r["key"]: CacheEntry(
-                key=r["key"],
-                kind=r["kind"],
-                slug=r["slug"],
-                data_hash=r["data_hash"],
-                version=r["version"],
-                value=json.loads(r["value"]),
-                created_at_ms=r["created_at"],
-                fresh_until_ms=r["fresh_until"],
-                stale_until_ms=r["stale_until"],
-                freshness=freshness_at(r["fresh_until"], r["stale_until"], now_ms),
-            )
-            for r in rows
-        }
 
     async def freshness(self, keys: list[str], now_ms: int) -> dict[str, tuple[Freshness, str]]:
         """``{key: (freshness, version)}`` for every key, without loading values."""

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 from pathlib import Path
 
 import pytest
 
 from tests.contract.conftest import Harness
 from tests.lock_support import wait_for_condition
+from warmupd.cache import CacheStore
 from warmupd.db import Database
 from warmupd.errors import LockedElsewhere, LockLost, ServiceUnavailable
 from warmupd.locks import Locks, drain_background, hold, lease_margin_ms, renewing
@@ -123,9 +125,6 @@ async def test_fences_strictly_increase(backend: Harness) -> None:
 
 
 async def test_stale_holders_cache_write_is_rejected(backend: Harness, tmp_path: Path) -> None:
-    # Imported here: warmupd.store (the lead's CacheStore) arrives on this branch by merging main.
-    from warmupd.cache import CacheStore
-
     async with Database(tmp_path / "cache.db") as db:
         store = CacheStore(db)
 
@@ -150,8 +149,12 @@ async def test_stale_holders_cache_write_is_rejected(backend: Harness, tmp_path:
         assert backend.a.fence_key(stale) == backend.b.fence_key(fresh)
         assert await write(backend.b, fresh, "B") is True
         assert await write(backend.a, stale, "A") is False
-        entries = await store.get_many(["forecast:iphone-vs-android:iphone:0123abcd"], 0)
-        assert [e.value for e in entries.values()] == [{"by": "B"}]
+        row = await db.fetchone(
+            "SELECT value FROM cache_entries WHERE key = ?",
+            ("forecast:iphone-vs-android:iphone:0123abcd",),
+        )
+        assert row is not None
+        assert json.loads(row["value"]) == {"by": "B"}
 
 
 async def test_concurrent_tasks_one_winner(backend: Harness) -> None:
