@@ -17,6 +17,7 @@ from warmupd.config import JOB_FORECASTS, JOB_HOUSEKEEPING, JOB_INSIGHTS, Config
 from warmupd.db import Database
 from warmupd.errors import NotFound, ProducerError, QueueFull, StaleDataHash
 from warmupd.jobs import build_jobs
+from warmupd.jobs.base import Fencing
 from warmupd.jobs.ondemand import OnDemand
 from warmupd.jobs.parts import Warmer
 from warmupd.jobs.reads import ComparisonService
@@ -207,9 +208,7 @@ async def test_insufficient_data_is_skipped_with_its_reason(world: World) -> Non
     assert (outcome.result.value, outcome.reason) == ("skipped", "insufficient_data")
 
 
-def fencing() -> Any:
-    from warmupd.jobs.base import Fencing
-
+def fencing() -> Fencing:
     return Fencing(fence_key="test", fence=1)
 
 

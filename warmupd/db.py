@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from types import TracebackType
@@ -229,11 +229,6 @@ class Database:
             async with self._lock:
                 return await _execute(self.conn, sql, params)
         return await _execute(self.conn, sql, params)
-
-    async def executemany(self, sql: str, rows: Iterable[Params]) -> None:
-        """Run one statement for many parameter sets inside one transaction."""
-        async with self.transaction() as tx:
-            await tx.conn.executemany(sql, rows)
 
     async def fetchone(self, sql: str, params: Params = ()) -> Row | None:
         """Run a query (or a ``RETURNING`` statement) and return its first row.

@@ -15,7 +15,7 @@ from typing import Any
 
 from warmupd.cache import CacheStore
 from warmupd.clock import Clock
-from warmupd.config import Config, load_config
+from warmupd.config import JOB_ON_DEMAND, Config, load_config
 from warmupd.db import Database
 from warmupd.errors import ConfigError
 from warmupd.jobs import build_jobs
@@ -206,7 +206,7 @@ async def build_core(
         warmer=warmer,
         purge_locks=sqlite_locks.purge_expired,
     )
-    for name in [*jobs, "warmup-on-demand"]:
+    for name in [*jobs, JOB_ON_DEMAND]:
         metrics.declare_job(name)
     for name in jobs:
         last = await runs.last_success_ms(name)
