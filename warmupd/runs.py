@@ -148,6 +148,18 @@ class RunStore:
         rows = await self.db.fetchall(sql + " ORDER BY id DESC LIMIT ?", (*params, limit))
         return [_record(r) for r in rows]
 
+    async def since(self, started_ms: int, limit: int) -> list[RunRecord]:
+        """The newest ``limit`` runs that started at or after ``started_ms``, newest first.
+
+        Walks ``job_runs_started`` backwards from now, so the cost is the rows returned, not the log.
+        """
+        rows = await self.db.fetchall(
+            """SELECT * FROM job_runs WHERE started_at >= ?
+               ORDER BY started_at DESC, id DESC LIMIT ?""",
+            (started_ms, limit),
+        )
+        return [_record(r) for r in rows]
+
     async def last_finished(self, job: str) -> RunRecord | None:
         """The newest run of ``job`` that is not running."""
         row = await self.db.fetchone(
