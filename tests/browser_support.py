@@ -54,6 +54,9 @@ class FakeModel:
     def __init__(self) -> None:
         self.fail_status: int | None = None
         self.calls = 0
+        self.gate = threading.Event()
+        self.gate.set()
+        """Cleared: every reply waits until the test sets it (a run that stays running)."""
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -61,6 +64,7 @@ class FakeModel:
                 length = int(self.headers.get("Content-Length", "0"))
                 self.rfile.read(length)
                 outer.calls += 1
+                outer.gate.wait(timeout=60)
                 if outer.fail_status is not None:
                     body = json.dumps({"error": {"message": "model is down for the test"}})
                     self._send(outer.fail_status, body)
@@ -113,3 +117,68 @@ class FakeModel:
         finally:
             self.server.shutdown()
             self.server.server_close()
+
+
+def seed_history(db_path: Path, now_ms: int, node: str = "earlier-node:4242:a1b2c3") -> int:
+    """A week of past runs on the jobs' real schedules (as a daemon before this one left them), so
+    the timeline and the screenshots show what an operator sees after a week; returns how many.
+
+    Daily forecasts at 02:00 (one failed, with its errors), the weekly AI run, hourly housekeeping
+    at :17 (a few skipped: the lock was held elsewhere).
+    """
+    import sqlite3
+
+    hour, day = 3_600_000, 86_400_000
+    start = (now_ms - 7 * day) // hour * hour
+    rows = []
+    for h in range(7 * 24):
+        at = start + h * hour
+        if at + 17 * 60_000 < now_ms:
+            skipped = h % 37 == 5
+            rows.append(
+                (
+                    "housekeeping",
+                    "skipped" if skipped else "success",
+                    "locked_elsewhere" if skipped else None,
+                    at + 17 * 60_000,
+                    0 if skipped else 800 + h % 5 * 150,
+                    0,
+                    0,
+                    0,
+                    [],
+                )
+            )
+        if at % day == 2 * hour and at < now_ms:
+            failed = (at // day) % 7 == 3
+            errors = [
+                f"{s}: forecast failed: ETS did not converge"
+                for s in ("cats-vs-dogs", "tea-vs-coffee")
+            ]
+            rows.append(
+                (
+                    "warmup-forecasts",
+                    "failed" if failed else "success",
+                    "all_items_failed" if failed else None,
+                    at,
+                    95_000 + (at // day) % 5 * 7_000,
+                    0 if failed else 50,
+                    0,
+                    2 if failed else 0,
+                    errors if failed else [],
+                )
+            )
+        if at % (7 * day) == 3 * day + 3 * hour and at < now_ms:  # Sundays 03:00 UTC
+            rows.append(("warmup-ai-explanations", "success", None, at, 1_260_000, 30, 0, 0, []))
+    rows.sort(key=lambda r: r[3])
+    with sqlite3.connect(db_path) as conn:
+        conn.executemany(
+            """INSERT INTO job_runs(job, status, reason, trigger, node, started_at, finished_at,
+                   duration_ms, processed, skipped, failed, errors, metadata)
+               VALUES (?, ?, ?, 'schedule', ?, ?, ?, ?, ?, ?, ?, ?, '{}')""",
+            [
+                (job, status, reason, node, at, at + ms, ms, done, skip, fail, json.dumps(errs))
+                for job, status, reason, at, ms, done, skip, fail, errs in rows
+            ],
+        )
+    conn.close()
+    return len(rows)

@@ -7,6 +7,7 @@ Each page is opened at 1440 px and at 360 px; a screenshot of each goes to docs/
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from tests.browser_support import (
     SCREENSHOTS,
     FakeModel,
     require_browser,
+    seed_history,
 )
 from tests.daemon_support import JOB_SECRET, DaemonProcess, load_demo
 
@@ -53,6 +55,7 @@ def daemon(tmp_path_factory: pytest.TempPathFactory, model: FakeModel) -> Iterat
         {"ai": {"provider": "openai", "base_url": model.base_url, "model": "m", "max_retries": 0}},
     )
     load_demo(d, count=6)
+    assert seed_history(d.db_path, int(time.time() * 1000)) > 150
     d.start()
     try:
         # One failed AI run (the model answers 400), then a warmed cache: forecasts and insights.
@@ -265,7 +268,7 @@ def test_missing_parts_are_said_plainly_and_markup_stays_text(
     wide.open(daemon.url + f"/ui/comparisons/{XSS_SLUG}")
     page = wide.page
     for part in ("forecastA", "forecastB", "insights"):
-        assert "is missing" in page.locator(f'[data-missing="{part}"]').inner_text()
+        assert "missing: nothing is cached" in page.locator(f'[data-missing="{part}"]').inner_text()
     assert XSS_TERM in page.locator("h1").inner_text()  # shown as text
     assert page.locator("main img").count() == 0
     wide.open(daemon.url + "/ui/comparisons?q=%3Cimg")
@@ -320,7 +323,7 @@ def test_read_auth_login_logout_and_api_reads_still_need_the_secret(
         assert cookie["httpOnly"]
         assert cookie["sameSite"] == "Strict"
         assert JOB_SECRET not in cookie["value"]
-        assert 11.9 * 3600 < cookie["expires"] - __import__("time").time() <= 12 * 3600
+        assert 11.9 * 3600 < cookie["expires"] - time.time() <= 12 * 3600
         api = w.context.request.get(d.url + "/api/status")
         assert api.status == 401  # the cookie opens pages, never the API
         w.page.click("text=Log out")
@@ -332,3 +335,36 @@ def test_read_auth_login_logout_and_api_reads_still_need_the_secret(
     finally:
         w.close()
         d.stop()
+
+
+def test_a_running_runs_page_shows_live_progress_then_the_result(
+    daemon: DaemonProcess, model: FakeModel, wide: Watched
+) -> None:
+    from playwright.sync_api import expect
+
+    # Runs last: it warms the comparison the other tests need cold. Its views get it selected.
+    status, _, _ = daemon.request(
+        "POST",
+        f"/api/comparisons/{XSS_SLUG}/views",
+        {"count": 50},
+        headers={"X-Job-Secret": JOB_SECRET},
+    )
+    assert status == 200
+    model.gate.clear()  # every model call waits: the run stays running
+    try:
+        status, body = daemon.trigger("warmup-ai-explanations")
+        assert status == 202
+        run_id = body["runId"]
+        wide.open(daemon.url + f"/ui/runs/{run_id}")
+        page = wide.page
+        expect(page.locator('[data-field="status"]')).to_contain_text("running")
+        expect(page.locator('[data-field="progress-text"]')).to_contain_text(
+            "6 of 7 selected (0 processed, 6 skipped, 0 failed)"
+        )
+    finally:
+        model.gate.set()
+    # Without a reload by the test: the page follows the run and shows its end.
+    expect(page.locator('[data-field="status"]')).to_contain_text("success", timeout=20_000)
+    assert page.locator('[data-field="processed"]').inner_text() == "1"
+    assert page.locator('[data-field="skipped"]').inner_text() == "6"  # already up to date
+    assert wide.problems == []

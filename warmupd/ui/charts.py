@@ -79,6 +79,8 @@ def timeline(
         {
             "x": round((ms - start_ms) * scale, 1),
             "label": datetime.fromtimestamp(ms / 1000, UTC).strftime("%a %d"),
+            # A label that would run past the right edge ends at its tick instead.
+            "anchor": "end" if (ms - start_ms) * scale > TIMELINE_WIDTH - 48 else "start",
         }
         for ms in range(first_day, now_ms + 1, DAY_MS)
     ]

@@ -134,8 +134,9 @@ async def overview(request: web.Request) -> web.Response:
     """``/ui``: state, nodes, jobs, on-demand counts, cache freshness, the 7-day timeline."""
     services = request.app[SERVICES]
     now_ms = request.app[CLOCK].wall_ms()
-    status, nodes, week, latest = await asyncio.gather(
+    status, (ready, readiness), nodes, week, latest = await asyncio.gather(
         services.status.status(),
+        services.status.ready(),
         services.status.live_nodes(),
         services.jobs.timeline(now_ms - TIMELINE_DAYS * charts.DAY_MS, TIMELINE_MAX_RUNS),
         services.jobs.runs(job=None, status=None, limit=10, before=None),
@@ -149,6 +150,8 @@ async def overview(request: web.Request) -> web.Response:
         request,
         status=status,
         reasons=_state_reasons(status),
+        ready=ready,
+        readiness=readiness,
         nodes=nodes,
         jobs=jobs,
         timeline=charts.timeline(week, [j["name"] for j in jobs], now_ms, days=TIMELINE_DAYS),

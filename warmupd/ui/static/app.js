@@ -136,7 +136,12 @@
     var a = el("a", "", "#" + r.id); a.href = "/ui/runs/" + r.id;
     var cells = [a, r.job, badge(r.status), r.trigger, r.startedAt, r.durationMs === null ? "—" : r.durationMs + " ms",
       r.processed + " / " + r.skipped + " / " + r.failed];
-    cells.forEach(function (c) { var td = el("td"); if (typeof c === "object") td.appendChild(c); else td.textContent = c; tr.appendChild(td); });
+    var labels = ["Run", "Job", "Status", "Trigger", "Started", "Duration", "Processed / skipped / failed"];
+    cells.forEach(function (c, i) {
+      var td = el("td"); td.setAttribute("data-label", labels[i]);
+      if (typeof c === "object") td.appendChild(c); else td.textContent = c;
+      tr.appendChild(td);
+    });
     if (r.reason) tr.children[2].appendChild(el("span", "muted", " " + r.reason));
     return tr;
   }
