@@ -100,20 +100,32 @@ def run(run_id: int, job: str, status: RunStatus, start: int, end: int | None) -
 
 
 def test_timeline_has_a_lane_per_job_and_a_bar_per_run() -> None:
+    import xml.etree.ElementTree as ET
+
     runs = [
         run(1, "housekeeping", RunStatus.SUCCESS, NOW - DAY, NOW - DAY + 60_000),
         run(2, "housekeeping", RunStatus.SKIPPED, NOW - 2 * DAY, NOW - 2 * DAY),
         run(3, "warmup-forecasts", RunStatus.RUNNING, NOW - 3_600_000, None),
         run(4, "gone-job", RunStatus.FAILED, NOW - 8 * DAY, NOW - 6 * DAY),
     ]
+    runs[0] = RunRecord(**{**runs[0].__dict__, "reason": "<script>alert(1)</script>"})
     t = charts.timeline(runs, ["warmup-forecasts", "housekeeping"], NOW)
     assert [lane["job"] for lane in t["lanes"]] == ["warmup-forecasts", "housekeeping", "gone-job"]
-    bars = {b.run_id: b for b in t["bars"]}
-    assert bars[2].height == charts.BAR_HEIGHT / 2  # skipped: a short bar, not only a colour
-    assert bars[3].x + bars[3].width == pytest.approx(charts.TIMELINE_WIDTH, abs=0.2)
-    assert bars[4].x == 0  # clipped at the window's start
-    assert "paused" in bars[2].title
+    assert t["count"] == 4
+    svg = ET.fromstring(f"<svg>{t['bars']}</svg>")  # well-formed: the reason was escaped
+    bars = {int(a.get("data-run-id")): a for a in svg.findall("a")}
+    assert bars[1].find("title").text.startswith("Run 1 of housekeeping: success (<script>")
+    assert "<script>" not in t["bars"]
+    rect = {k: float(v) for k, v in bars[2].find("rect").attrib.items()}
+    assert rect["height"] == charts.BAR_HEIGHT / 2  # skipped: a short bar, not only a colour
+    running = {k: float(v) for k, v in bars[3].find("rect").attrib.items()}
+    assert running["x"] + running["width"] == pytest.approx(charts.TIMELINE_WIDTH, abs=0.2)
+    assert bars[3].find("circle") is not None  # running: a dot
+    assert bars[4].find("path") is not None  # failed: a cross
+    assert float(bars[4].find("rect").get("x")) == 0  # clipped at the window's start
+    assert "paused" in bars[2].find("title").text
     assert len(t["ticks"]) == 7
+    assert t["ticks"][-1]["anchor"] == "end"
 
 
 def test_forecast_chart_draws_series_bands_and_peaks() -> None:
