@@ -239,6 +239,27 @@ def test_run_now_shows_the_run_without_a_reload_and_a_wrong_secret_is_refused(
     assert all(JOB_SECRET not in c["value"] for c in wide.context.cookies())
 
 
+def test_pause_and_resume_buttons_show_the_state_live(daemon: DaemonProcess, wide: Watched) -> None:
+    from playwright.sync_api import expect
+
+    page = wide.open(daemon.url + "/ui") and wide.page
+    page.fill("#secret-input", JOB_SECRET)
+    page.keyboard.press("Enter")  # the form works from the keyboard
+    row = page.locator('[data-job="warmup-forecasts"]')
+    row.locator('button[data-action="pause"]').click()
+    expect(row.locator('[data-field="flags"]')).to_contain_text("paused", timeout=5000)
+    expect(row.locator('button[data-action="resume"]')).to_be_enabled()
+    expect(row.locator('button[data-action="pause"]')).to_be_disabled()
+    expect(row.locator('[data-field="next"]')).to_contain_text("skipped while paused")
+    _, body, _ = daemon.request("GET", "/api/jobs")
+    assert next(j for j in body["jobs"] if j["name"] == "warmup-forecasts")["paused"] is True
+    row.locator('button[data-action="resume"]').focus()
+    page.keyboard.press("Enter")
+    expect(row.locator('[data-field="flags"]')).not_to_contain_text("paused", timeout=5000)
+    expect(row.locator('button[data-action="pause"]')).to_be_enabled()
+    assert wide.problems == []
+
+
 def test_failed_run_detail_lists_its_errors(daemon: DaemonProcess, wide: Watched) -> None:
     wide.open(daemon.url + f"/ui/runs/{failed_run_id(daemon)}")
     text = wide.page.locator("main").inner_text()

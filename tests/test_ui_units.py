@@ -231,3 +231,34 @@ async def test_cache_counts_are_recounted_in_the_background_when_old(tmp_path: P
         assert (await status.cache_counts(clock.wall_ms()))["fresh"] == 2
         assert await status.live_nodes() == ["n"]
         await asyncio.sleep(0)
+
+
+async def test_cache_totals_on_the_indexes_match_the_grouped_counts(tmp_path: Path) -> None:
+    async with Database(tmp_path / "t.db") as db:
+        cache = CacheStore(db)
+        for i, (fresh_ms, stale_ms) in enumerate([(50, 100), (5, 100), (5, 8), (30, 30)]):
+            await cache.put(
+                f"k{i}",
+                kind="insights" if i % 2 else "forecast",
+                slug="s",
+                data_hash="h",
+                version="v",
+                value={},
+                now_ms=0,
+                fresh_ttl_ms=fresh_ms,
+                stale_ttl_ms=stale_ms,
+                fence_key="f",
+                fence=1,
+            )
+        for now in (0, 10, 40, 200):
+            grouped = {"fresh": 0, "stale": 0, "expired": 0}
+            for (_, state), n in (await cache.counts(now)).items():
+                grouped[state] += n
+            assert await cache.totals(now) == grouped, now
+        plan = " ".join(
+            str(tuple(r))
+            for r in await db.fetchall(
+                "EXPLAIN QUERY PLAN SELECT count(*) FROM cache_entries WHERE fresh_until > 1"
+            )
+        )
+        assert "COVERING INDEX cache_entries_fresh_until" in plan

@@ -123,6 +123,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             paused_by TEXT NOT NULL)""",
         "CREATE INDEX comparisons_term_a ON comparisons(term_a)",
         "CREATE INDEX comparisons_term_b ON comparisons(term_b)",
+        # The status counts entries by freshness from the two expiry indexes, never the table.
+        "CREATE INDEX cache_entries_fresh_until ON cache_entries(fresh_until)",
     ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)

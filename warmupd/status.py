@@ -30,8 +30,9 @@ class LockState:
 
 
 CACHE_COUNTS_MAX_AGE_MS = 5_000
-"""How old the cache-entry counts of the status may be. Counting by freshness reads every entry
-(millions with a large catalogue), so it runs at most this often, never once per request."""
+"""How old the cache-entry counts of the status may be. Counting by freshness walks the expiry
+indexes (millions of entries with a large catalogue), so it runs at most this often, in the
+background, never once per request."""
 
 
 class StatusService:
@@ -107,9 +108,7 @@ class StatusService:
         return sorted(alive | {self.node})
 
     async def _count_cache(self, now_ms: int) -> dict[str, int]:
-        cache = {"fresh": 0, "stale": 0, "expired": 0}
-        for (_, state), n in (await self.cache.counts(now_ms)).items():
-            cache[state] += n
+        cache = await self.cache.totals(now_ms)
         self._counts = (now_ms, cache)
         return cache
 

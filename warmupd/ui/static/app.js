@@ -28,6 +28,14 @@
     span.appendChild(document.createTextNode(" " + status));
     return span;
   }
+  function relative(iso) {
+    var s = Math.round((Date.parse(iso) - Date.now()) / 1000), a = Math.abs(s), text;
+    if (a < 60) text = a + " s";
+    else if (a < 3600) text = Math.floor(a / 60) + " min " + (a % 60) + " s";
+    else if (a < 172800) text = Math.floor(a / 3600) + " h " + Math.floor(a % 3600 / 60) + " min";
+    else text = Math.floor(a / 86400) + " d " + Math.floor(a % 86400 / 3600) + " h";
+    return s === 0 ? "now" : s > 0 ? "in " + text : text + " ago";
+  }
   function headers(extra) {
     var h = extra || {};
     if (secret()) h["X-Job-Secret"] = secret();
@@ -47,7 +55,10 @@
     form.hidden = false;
     var input = document.getElementById("secret-input");
     var state = document.getElementById("secret-state");
-    var show = function () { state.textContent = secret() ? "secret set for this tab" : "no secret set"; };
+    var show = function () {
+      state.textContent = secret() ? "secret set for this tab"
+        : readAuth ? "no secret set: the buttons and live refresh need it" : "no secret set";
+    };
     show();
     form.addEventListener("submit", function (ev) {
       ev.preventDefault();
@@ -114,7 +125,20 @@
     var flags = row.querySelector('[data-field="flags"]');
     if (flags) {
       flags.textContent = "";
-      if (job.paused) { var p = badge("skipped"); p.lastChild.textContent = " paused"; p.firstChild.textContent = "⏸"; flags.appendChild(p); }
+      var flag = function (cls, glyph, text) {
+        var f = badge(cls); f.firstChild.textContent = glyph; f.lastChild.textContent = " " + text;
+        flags.appendChild(f); flags.appendChild(document.createTextNode(" "));
+      };
+      if (job.paused) flag("skipped", "⏸", "paused");
+      if (job.overdue) flag("failed", "!", "overdue");
+      if (!job.enabled) flag("cancelled", "○", "disabled");
+    }
+    var next = row.querySelector('[data-field="next"]');
+    if (next) {
+      next.textContent = job.nextRunAt
+        ? job.nextRunAt.replace("T", " ").replace(/\.\d+Z$|Z$/, " UTC") + " (" + relative(job.nextRunAt) + ")" +
+          (job.paused ? " — will be skipped while paused" : "")
+        : "none scheduled";
     }
     var running = row.querySelector('[data-field="running"]');
     running.textContent = "";
@@ -146,8 +170,16 @@
     return tr;
   }
   function refreshOverview() {
-    return Promise.all([getJSON("/api/jobs"), getJSON("/api/jobs/runs?limit=10")]).then(function (res) {
-      res[0].jobs.forEach(jobRow);
+    return Promise.all([getJSON("/api/status"), getJSON("/api/jobs/runs?limit=10")]).then(function (res) {
+      var st = res[0];
+      st.jobs.forEach(jobRow);
+      var set = function (field, value) {
+        var node = document.querySelector('[data-field="' + field + '"]');
+        if (node) node.textContent = value;
+      };
+      set("inflight", st.onDemand.inFlight);
+      set("queued", st.onDemand.queued);
+      ["fresh", "stale", "expired"].forEach(function (k) { set("cache-" + k, st.cache[k]); });
       var tbody = document.querySelector("#latest-runs tbody");
       if (tbody && res[1].runs.length) { tbody.textContent = ""; res[1].runs.forEach(function (r) { tbody.appendChild(runsRow(r)); }); }
     });
