@@ -389,3 +389,23 @@ def test_a_running_runs_page_shows_live_progress_then_the_result(
     assert page.locator('[data-field="processed"]').inner_text() == "1"
     assert page.locator('[data-field="skipped"]').inner_text() == "6"  # already up to date
     assert wide.problems == []
+
+
+def test_warm_up_now_fills_the_missing_parts_and_the_page_follows(
+    daemon: DaemonProcess, wide: Watched
+) -> None:
+    """Runs after the others that need the comparison cold (pytest keeps the file's order)."""
+    from playwright.sync_api import expect
+
+    page = wide.open(daemon.url + f"/ui/comparisons/{XSS_SLUG}") and wide.page
+    expect(page.locator('[data-part="forecastA"]')).to_contain_text("missing")
+    page.fill("#secret-input", JOB_SECRET)
+    page.click("#secret-form button[type=submit]")
+    page.click('button[data-action="warmup"]')
+    expect(page.locator("#flash")).to_contain_text("Warmup of xss-vs-tea", timeout=5000)
+    # The page polls the warmup status and reloads itself once the parts changed.
+    for part in ("forecastA", "forecastB", "insights"):
+        expect(page.locator(f'[data-part="{part}"]')).to_contain_text("fresh", timeout=30_000)
+    assert page.locator('svg[data-chart="forecast"] [data-band]').count() == 4
+    assert page.locator("[data-missing]").count() == 0
+    assert wide.dialogs == []
