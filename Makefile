@@ -16,10 +16,12 @@ $(BIN)/.installed: pyproject.toml
 
 setup: $(BIN)/.installed
 
-# The daemon on its embedded defaults: SQLite in ./var, no Redis, builtin explainer, demo data.
+# The daemon on its embedded defaults: SQLite in ./var, no Redis, builtin explainer, demo data;
+# secrets generated for this run and printed once with the dashboard's URL (production configs
+# never pass --demo-secrets: there an unset secret still fails closed).
 run: setup
 	$(BIN)/warmupd demo-data -c $(CONFIG) --if-empty
-	$(BIN)/warmupd serve -c $(CONFIG)
+	$(BIN)/warmupd serve -c $(CONFIG) --demo-secrets
 
 lint: setup
 	$(BIN)/ruff format --check warmupd tests bench

@@ -2,7 +2,7 @@
 
 Names: ``p1`` (job makespan), ``p2`` (loop lag under a forecast run), ``p3`` (warmup POST latency,
 single flight), ``p4`` (locks), ``p5`` (scheduler), ``p6`` (memory), ``p7`` (pack GET throughput),
-``p8`` (selection), ``p9`` (forecast quality). Every benchmark is bounded in time and talks only to
+``p8`` (selection), ``p9`` (forecast quality), ``p10`` (dashboard overview). Every benchmark is bounded in time and talks only to
 loopback (the machine's Redis at 127.0.0.1:6379 for P4; daemons and reference servers it starts on
 free loopback ports, ended by pid).
 """
@@ -84,6 +84,12 @@ def _p9(quick: bool) -> common.Result:
     return common.Result("p9_forecast", [verdict], wall_s=time.perf_counter() - started)
 
 
+def _p10(quick: bool) -> common.Result:
+    from bench import p10_dashboard
+
+    return p10_dashboard.run(quick)
+
+
 BENCHMARKS: dict[str, Runner] = {
     "p1": _p1,
     "p2": _p2,
@@ -94,6 +100,7 @@ BENCHMARKS: dict[str, Runner] = {
     "p7": _p7,
     "p8": _p8,
     "p9": _p9,
+    "p10": _p10,
 }
 
 

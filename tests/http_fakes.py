@@ -22,7 +22,7 @@ WARMUP_SECRET = "warmup-secret-0123456789abcdef"
 NOW_MS = 1_767_225_600_000
 KNOWN_JOBS = ("warmup-forecasts", "warmup-ai-explanations", "housekeeping")
 KNOWN_SLUGS = ("iphone-vs-android", "tea-vs-coffee")
-WRITES = {"trigger", "upsert", "add_views", "request_warmup"}
+WRITES = {"trigger", "upsert", "add_views", "request_warmup", "set_paused"}
 
 
 class Recorder:
@@ -174,6 +174,17 @@ class FakeJobs:
             and (status is None or r.status == status)
             and (before is None or r.id < before)
         ][:limit]
+
+    async def timeline(self, since_ms: int, limit: int) -> list[RunRecord]:
+        self.recorder.record("timeline", since_ms, limit)
+        rows = sorted(self.runs_by_id.values(), key=lambda r: -r.id)
+        return [r for r in rows if r.started_at_ms >= since_ms][:limit]
+
+    async def set_paused(self, job: str, paused: bool) -> dict[str, Any]:
+        self.recorder.record("set_paused", job, paused)
+        if job not in KNOWN_JOBS:
+            raise NotFound(f"unknown job {job!r}")
+        return {"job": job, "paused": paused, "pausedAt": ms_to_iso(NOW_MS) if paused else None}
 
 
 def render_run(record: RunRecord) -> dict[str, Any]:

@@ -36,6 +36,7 @@ LAYERS: dict[str, int] = {
     "runs": 2,
     "importer": 2,
     "locks": 2,
+    "pauses": 2,
     "scheduler_loop": 2,
     # L3: lock backends
     "locks.sqlite": 3,
@@ -51,6 +52,7 @@ LAYERS: dict[str, int] = {
     "openapi": 5,
     "openapi_schemas": 5,
     "http": 5,
+    "ui": 5,  # the dashboard: routes, templates, pure chart geometry and wording
     # L6: composition root
     "daemon": 6,
     "wiring": 6,
@@ -68,7 +70,8 @@ SEAMS: dict[str, set[str]] = {
     "statsmodels": {"producers.forecast"},
     "pandas": {"producers.forecast"},
     "aiosqlite": {"db"},
-    "aiohttp.web": {"http", "daemon", "wiring"},
+    "aiohttp.web": {"http", "daemon", "wiring", "ui.routes"},
+    "jinja2": {"ui.templating"},
 }
 
 MAX_LINES = 450
@@ -135,7 +138,17 @@ def test_each_dependency_has_one_seam(dependency: str) -> None:
 
 
 def test_http_edge_never_touches_storage_or_lock_backends() -> None:
-    for module in ("http", "auth", "render", "services", "openapi", "openapi_schemas"):
+    for module in (
+        "http",
+        "auth",
+        "render",
+        "services",
+        "openapi",
+        "openapi_schemas",
+        "ui.routes",
+        "ui.charts",
+        "ui.templating",
+    ):
         for name in imports(modules()[module]):
             assert not name.startswith(
                 ("warmupd.db", "warmupd.locks", "warmupd.store", "warmupd.runs")

@@ -192,3 +192,13 @@ def test_p7_smoke(tmp_path: Path) -> None:
         (one,) = data["runs"][name]
         assert one["requests"] > 0
         assert one["non2xx"] == one["errors"] == 0
+
+
+def test_p10_smoke() -> None:
+    from bench import p10_dashboard
+
+    result = p10_dashboard.run(True, rows=2_000, runs=300)
+    (verdict,) = result.verdicts
+    assert verdict.target == "P10"
+    assert result.data["page_bytes"] > 10_000
+    assert result.data["client_ms"]["n"] == 20

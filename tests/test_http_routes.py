@@ -43,6 +43,8 @@ JOB_ROUTES = [
     ("POST", "/api/jobs/warmup-forecasts", None, 202),
     ("PUT", "/api/comparisons/tea-vs-coffee", GOOD_COMPARISON, 200),
     ("POST", "/api/comparisons/tea-vs-coffee/views", {"count": 2}, 200),
+    ("POST", "/api/jobs/housekeeping/pause", None, 200),
+    ("POST", "/api/jobs/housekeeping/resume", None, 200),
 ]
 WARMUP_ROUTES = [("POST", "/api/comparison/warmup", {"slug": "iphone-vs-android"}, 202)]
 READ_ROUTES = [
@@ -257,6 +259,25 @@ async def test_trigger_wait_returns_finished_record(make_client: ClientFactory) 
         "id", "job", "status", "reason", "trigger", "node", "startedAt", "finishedAt",
         "durationMs", "processed", "skipped", "failed", "errors", "metadata",
     }  # fmt: skip
+
+
+async def test_pause_and_resume_answer_the_state(
+    make_client: ClientFactory, fakes: FakeServices
+) -> None:
+    client = await make_client()
+    status, data, _ = await call(client, "POST", "/api/jobs/housekeeping/pause", None, J)
+    assert (status, data["paused"], data["job"]) == (200, True, "housekeeping")
+    assert data["pausedAt"].endswith("Z")
+    status, data, _ = await call(client, "POST", "/api/jobs/housekeeping/resume", None, J)
+    assert (status, data["paused"], data["pausedAt"]) == (200, False, None)
+    status, data, _ = await call(client, "POST", "/api/jobs/no-such-job/pause", None, J)
+    assert (status, data["error"]) == (404, "not_found")
+    status, data, _ = await call(client, "GET", "/api/jobs/housekeeping/pause", None, J)
+    assert status == 405
+    assert fakes.recorder.writes[:2] == [
+        ("set_paused", ("housekeeping", True)),
+        ("set_paused", ("housekeeping", False)),
+    ]
 
 
 async def test_trigger_unknown_job_404(make_client: ClientFactory) -> None:

@@ -164,6 +164,23 @@ class CacheStore:
         """Delete entries past ``stale_until``; returns how many."""
         return await self.db.execute("DELETE FROM cache_entries WHERE stale_until <= ?", (now_ms,))
 
+    async def totals(self, now_ms: int) -> dict[str, int]:
+        """``{fresh, stale, expired}`` over all kinds, counted on the indexes alone.
+
+        Three index counts (``fresh_until``, ``stale_until``, the smallest index for the total)
+        never read the table's rows, whose values are the large cached documents.
+        """
+        row = await self.db.fetchone(
+            """SELECT (SELECT count(*) FROM cache_entries WHERE fresh_until > ?) AS fresh,
+                      (SELECT count(*) FROM cache_entries WHERE stale_until > ?) AS alive,
+                      (SELECT count(*) FROM cache_entries) AS total""",
+            (now_ms, now_ms),
+        )
+        assert row is not None  # an aggregate always yields a row
+        fresh, alive, total = row["fresh"], row["alive"], row["total"]
+        # An entry is fresh before fresh_until ≤ stale_until, so the fresh ones are alive too.
+        return {"fresh": fresh, "stale": max(0, alive - fresh), "expired": total - alive}
+
     async def counts(self, now_ms: int) -> dict[tuple[str, str], int]:
         """``{(kind, state): n}`` with state fresh, stale or expired (not yet purged)."""
         rows = await self.db.fetchall(

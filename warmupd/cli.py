@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import secrets
 import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -18,6 +20,7 @@ from warmupd import __version__
 from warmupd.cli_common import RUN_EXIT, _load, _run_async
 from warmupd.cli_remote import cmd_runs, cmd_status, cmd_trigger, cmd_warmup
 from warmupd.clock import SystemClock
+from warmupd.config import Config, load_config
 from warmupd.config_values import describe
 from warmupd.db import Database
 from warmupd.errors import UsageError, WarmupdError, exit_code_for
@@ -208,11 +211,38 @@ def _progress() -> Callable[[str, int, int, int], None]:
     return show
 
 
+def _demo_secrets(cfg: Config) -> Config:
+    """``make run``: generate the unset secrets for this run and print them once with the URL.
+
+    They go into the environment variables the config names, so a SIGHUP reload keeps them; a
+    secret set by the operator (variable, file or credential) is left alone and never printed.
+    """
+    made = {}
+    for label, name, value in (
+        ("job secret (Run now, Pause/Resume)", cfg.secrets_config.job_secret_env, cfg.secrets.job),
+        ("warmup secret (Warm up now)", cfg.secrets_config.warmup_secret_env, cfg.secrets.warmup),
+    ):
+        if not value and name:
+            os.environ[name] = made[label] = secrets.token_urlsafe(24)
+    if made:
+        cfg = load_config(cfg.source)
+    host = "127.0.0.1" if cfg.http.host in ("0.0.0.0", "::", "") else cfg.http.host  # noqa: S104
+    print(f"warmupd dashboard: http://{host}:{cfg.http.port}/ui")
+    for label, value in made.items():
+        print(f"  {label}: {value}")
+    if made:
+        print("  (generated for this run only and shown once; type the job secret into the page)")
+    sys.stdout.flush()
+    return cfg
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run the daemon until SIGTERM/SIGINT."""
     from warmupd.daemon import serve
 
     cfg = _load(args)
+    if args.demo_secrets:
+        cfg = _demo_secrets(cfg)
     return _run_async(serve(cfg, log_format=args.log_format, log_level=args.log_level))
 
 
@@ -252,6 +282,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("serve", cmd_serve, "run the daemon")
     p.add_argument("--log-format", choices=("text", "json"), default="text")
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
+    p.add_argument(
+        "--demo-secrets",
+        action="store_true",
+        help="the demo (make run): generate unset secrets for this run, print them with the URL",
+    )
 
     p = add("check-config", cmd_check_config, "validate the config and show the next fires")
     p.add_argument("--json", action="store_true", help="one JSON object for scripts")

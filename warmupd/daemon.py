@@ -40,6 +40,7 @@ from warmupd.scheduler_loop import Scheduler
 from warmupd.status import StatusService
 from warmupd.store import ScheduleStore
 from warmupd.systemd import SystemdNotifier, watchdog_loop
+from warmupd.ui.routes import add_ui
 from warmupd.wiring import ConfigHolder, Core, build_core, schedules_of
 
 log = get_logger("warmupd.daemon")
@@ -158,6 +159,8 @@ class Daemon:
             runs=core.runs,
             clock=self.clock,
             scheduler=lambda: self.scheduler,
+            pauses=core.pauses,
+            node=self.node,
         )
         status = StatusService(
             db=core.db,
@@ -170,6 +173,8 @@ class Daemon:
             node=self.node,
             clock=self.clock,
             started_ms=self.clock.wall_ms(),
+            nodes=core.nodes,
+            node_stale_ms=3 * cfg.locks.lease_ms,
         )
         comparisons = ComparisonService(
             config=holder,
@@ -196,6 +201,7 @@ class Daemon:
             max_body_bytes=cfg.http.max_body_bytes,
             metrics=self.metrics,
         )
+        add_ui(app, clock=self.clock)
         app_runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=5.0, access_log=None)
         await app_runner.setup()
         stack.push_async_callback(app_runner.cleanup)

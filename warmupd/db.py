@@ -114,6 +114,18 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             started_at INTEGER NOT NULL,
             heartbeat_at INTEGER NOT NULL)""",
     ),
+    # v2: the dashboard (SPEC §15): paused jobs, shared by every process on this state; term
+    # indexes so the comparison search by term prefix is a range read, not a scan of the table.
+    (
+        """CREATE TABLE job_pauses(
+            job TEXT PRIMARY KEY,
+            paused_at INTEGER NOT NULL,
+            paused_by TEXT NOT NULL)""",
+        "CREATE INDEX comparisons_term_a ON comparisons(term_a)",
+        "CREATE INDEX comparisons_term_b ON comparisons(term_b)",
+        # The status counts entries by freshness from the two expiry indexes, never the table.
+        "CREATE INDEX cache_entries_fresh_until ON cache_entries(fresh_until)",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -257,6 +257,18 @@ async def trigger_job(request: web.Request) -> web.Response:
     )
 
 
+async def pause_job(request: web.Request) -> web.Response:
+    """Pause a job's scheduled fires (SPEC §15)."""
+    body = await request.app[SERVICES].jobs.set_paused(request.match_info["job"], True)
+    return json_response(body)
+
+
+async def resume_job(request: web.Request) -> web.Response:
+    """Resume a job's scheduled fires (SPEC §15)."""
+    body = await request.app[SERVICES].jobs.set_paused(request.match_info["job"], False)
+    return json_response(body)
+
+
 async def list_jobs(request: web.Request) -> web.Response:
     """Every job with its schedule, next fire and last run."""
     return json_response({"jobs": await request.app[SERVICES].jobs.jobs()})
@@ -328,6 +340,8 @@ ROUTES: tuple[tuple[str, str, Handler, Scope], ...] = (
     ("GET", "/api/jobs/runs", list_runs, Scope.READ),
     ("GET", "/api/jobs/runs/{id}", get_run, Scope.READ),
     ("POST", "/api/jobs/{job}", trigger_job, Scope.JOB),
+    ("POST", "/api/jobs/{job}/pause", pause_job, Scope.JOB),
+    ("POST", "/api/jobs/{job}/resume", resume_job, Scope.JOB),
     ("POST", "/api/comparison/warmup", request_warmup, Scope.WARMUP),
     ("GET", "/api/comparison/{slug}/status", warmup_status, Scope.READ),
     ("GET", "/api/comparison/{slug}", get_pack, Scope.READ),

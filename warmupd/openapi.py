@@ -197,6 +197,18 @@ def _paths() -> dict[str, Schema]:
                 body_required=False,
             )
         },
+        **{
+            f"/api/jobs/{{job}}/{verb}": {
+                "post": _op(
+                    f"{verb.capitalize()} a job's scheduled fires (fleet-wide, persisted)",
+                    {200: _json(ref("JobPause"), f"the job is {verb}d")},
+                    [400, 404],
+                    security=_JOB_AUTH,
+                    params=[_path_param("job", {"type": "string", "pattern": JOB_NAME_RE.pattern})],
+                )
+            }
+            for verb in ("pause", "resume")
+        },
         "/api/comparison/warmup": {
             "post": _op(
                 "Request an on-demand warmup (never waits for compute)",

@@ -100,10 +100,20 @@ SCHEMAS: dict[str, Schema] = {
             "nextRunAt": _TIME_OR_NULL,
             "lastRun": {"anyOf": [ref("RunRecord"), {"type": "null"}]},
             "running": {"type": ["integer", "null"], "description": "the running run's id"},
+            "paused": {"type": "boolean", "description": "scheduled fires are skipped (paused)"},
+            "pausedAt": _TIME_OR_NULL,
         },
+        ["name", "schedule", "timezone", "enabled", "nextRunAt", "lastRun", "running"],
         extra=True,
     ),
     "JobList": _obj({"jobs": {"type": "array", "items": ref("Job")}}),
+    "JobPause": _obj(
+        {
+            "job": _STR,
+            "paused": {"type": "boolean"},
+            "pausedAt": {**_TIME_OR_NULL, "description": "when it was paused; null once resumed"},
+        }
+    ),
     "WarmupBody": _obj(
         {
             "slug": {"type": "string", "pattern": SLUG_RE.pattern},

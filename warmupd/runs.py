@@ -148,6 +148,33 @@ class RunStore:
         rows = await self.db.fetchall(sql + " ORDER BY id DESC LIMIT ?", (*params, limit))
         return [_record(r) for r in rows]
 
+    async def since(self, started_ms: int, limit: int) -> list[RunRecord]:
+        """The newest ``limit`` runs that started at or after ``started_ms``, newest first, as
+        spans: without their errors and metadata (the timeline draws hundreds; decoding those
+        JSON columns was most of its cost).
+
+        Walks ``job_runs_started`` backwards from now, so the cost is the rows returned, not the log.
+        """
+        rows = await self.db.fetchall(
+            """SELECT id, job, status, reason, trigger, node, started_at, finished_at, duration_ms
+               FROM job_runs WHERE started_at >= ? ORDER BY started_at DESC LIMIT ?""",
+            (started_ms, limit),
+        )
+        return [
+            RunRecord(
+                id=r[0],
+                job=r[1],
+                status=RunStatus(r[2]),
+                reason=r[3],
+                trigger=Trigger(r[4]),
+                node=r[5],
+                started_at_ms=r[6],
+                finished_at_ms=r[7],
+                duration_ms=r[8],
+            )
+            for r in rows
+        ]
+
     async def last_finished(self, job: str) -> RunRecord | None:
         """The newest run of ``job`` that is not running."""
         row = await self.db.fetchone(

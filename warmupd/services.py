@@ -22,6 +22,10 @@ class StatusProvider(Protocol):
         """Readiness and the reasons behind it."""
         ...
 
+    async def live_nodes(self) -> list[str]:
+        """Every process with a recent heartbeat on this state (the dashboard's node list)."""
+        ...
+
 
 class RunHandle(Protocol):
     """A run that was started (or found running)."""
@@ -71,6 +75,17 @@ class JobsService(Protocol):
         """Run records, newest first."""
         ...
 
+    async def timeline(self, since_ms: int, limit: int) -> list[RunRecord]:
+        """The newest ``limit`` runs started at or after ``since_ms`` (the dashboard's timeline)."""
+        ...
+
+    async def set_paused(self, job: str, paused: bool) -> dict[str, Any]:
+        """Pause or resume a job's scheduled fires fleet-wide; ``{job, paused, pausedAt}``.
+
+        :raises NotFound: unknown job.
+        """
+        ...
+
 
 class ComparisonsService(Protocol):
     """Comparisons: writes, on-demand warmup and cache reads."""
@@ -94,6 +109,17 @@ class ComparisonsService(Protocol):
 
     async def warmup_status(self, slug: str) -> dict[str, Any]:
         """``{slug, dataHash, warmup, parts: {forecastA, forecastB, insights}, lastError?, updatedAt}``.
+
+        :raises NotFound:
+        """
+        ...
+
+    async def search(self, prefix: str, limit: int) -> list[dict[str, Any]]:
+        """Comparisons by slug or term prefix, most viewed first, with their parts' freshness."""
+        ...
+
+    async def detail(self, slug: str) -> dict[str, Any]:
+        """A comparison, its parts' freshness and decoded values, its warmup status; schedules nothing.
 
         :raises NotFound:
         """

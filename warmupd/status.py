@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -12,7 +13,7 @@ from warmupd.clock import Clock, ms_to_iso
 from warmupd.db import Database, DatabaseError
 from warmupd.jobs.ondemand import OnDemand
 from warmupd.jobs.service import JobsService
-from warmupd.runs import RunStore
+from warmupd.runs import NodeStore, RunStore
 from warmupd.scheduler_loop import Scheduler
 
 
@@ -26,6 +27,12 @@ class LockState:
     """``up``, ``down`` or ``unconfigured``."""
     usable: bool
     """False only when Redis is down and the policy forbids the SQLite fallback."""
+
+
+CACHE_COUNTS_MAX_AGE_MS = 5_000
+"""How old the cache-entry counts of the status may be. Counting by freshness walks the expiry
+indexes (millions of entries with a large catalogue), so it runs at most this often, in the
+background, never once per request."""
 
 
 class StatusService:
@@ -44,8 +51,14 @@ class StatusService:
         node: str,
         clock: Clock,
         started_ms: int,
+        nodes: NodeStore | None = None,
+        node_stale_ms: int = 180_000,
     ) -> None:
         self.db = db
+        self.nodes = nodes
+        self.node_stale_ms = node_stale_ms
+        self._counts: tuple[int, dict[str, int]] | None = None
+        self._counting: asyncio.Task[dict[str, int]] | None = None
         self.runs = runs
         self.cache = cache
         self.job_list = job_list
@@ -87,12 +100,37 @@ class StatusService:
             out.append({**entry, "lastSuccessAt": ms_to_iso(last_success), "overdue": overdue})
         return out
 
+    async def live_nodes(self) -> list[str]:
+        """Every process with a recent heartbeat on this state, this one included."""
+        if self.nodes is None:
+            return [self.node]
+        alive = await self.nodes.alive(self.clock.wall_ms() - self.node_stale_ms)
+        return sorted(alive | {self.node})
+
+    async def _count_cache(self, now_ms: int) -> dict[str, int]:
+        cache = await self.cache.totals(now_ms)
+        self._counts = (now_ms, cache)
+        return cache
+
+    async def cache_counts(self, now_ms: int) -> dict[str, int]:
+        """Cache entries by freshness, at most :data:`CACHE_COUNTS_MAX_AGE_MS` old.
+
+        Past that age the last counts are answered and one count runs in the background (a
+        request never waits for the scan, except the very first).
+        """
+        if self._counts is None:
+            return await self._count_cache(now_ms)
+        counted_ms, cache = self._counts
+        if now_ms - counted_ms > CACHE_COUNTS_MAX_AGE_MS and (
+            self._counting is None or self._counting.done()
+        ):
+            self._counting = asyncio.ensure_future(self._count_cache(now_ms))
+        return cache
+
     async def status(self) -> dict[str, Any]:
         """SPEC §9 ``GET /api/status``."""
         now = self.clock.wall_ms()
-        cache = {"fresh": 0, "stale": 0, "expired": 0}
-        for (_, state), n in (await self.cache.counts(now)).items():
-            cache[state] += n
+        cache = await self.cache_counts(now)
         jobs = await self.jobs(now)
         locks = self._lock_state()
         degraded = locks.redis == "down" or any(j["overdue"] for j in jobs)

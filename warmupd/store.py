@@ -101,6 +101,32 @@ class ComparisonStore:
         row = await self.db.fetchone("SELECT count(*) FROM comparisons")
         return int(row[0]) if row else 0
 
+    async def search(self, prefix: str, limit: int) -> list[Comparison]:
+        """Comparisons whose slug or either term starts with ``prefix``, most viewed first.
+
+        Each of the three prefix matches is a range read of an index (slug, term_a, term_b), at most
+        ``4 × limit`` rows each; the union is sorted by popularity. With an empty prefix: the most
+        viewed comparisons, from the popularity index.
+        """
+        order = "view_count DESC, last_visited DESC, created_at DESC"
+        if not prefix:
+            rows = await self.db.fetchall(
+                f"SELECT {_COMPARISON_COLUMNS} FROM comparisons ORDER BY {order} LIMIT ?", (limit,)
+            )
+            return [_comparison(r) for r in rows]
+        high = prefix + "\U0010ffff"
+        ranges = " UNION ".join(
+            f"SELECT * FROM (SELECT slug FROM comparisons WHERE {column} >= ? AND {column} < ? "
+            f"ORDER BY {column} LIMIT ?)"
+            for column in ("slug", "term_a", "term_b")
+        )
+        rows = await self.db.fetchall(
+            f"""SELECT {_COMPARISON_COLUMNS} FROM comparisons WHERE slug IN ({ranges})
+                ORDER BY {order} LIMIT ?""",
+            (*(prefix, high, 4 * limit) * 3, limit),
+        )
+        return [_comparison(r) for r in rows]
+
     async def select_for_forecasts(
         self, now_ms: int, window_ms: int, limit: int
     ) -> list[Comparison]:

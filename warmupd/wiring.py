@@ -28,6 +28,7 @@ from warmupd.locks.redis import RedisLocks
 from warmupd.locks.sqlite import SqliteLocks
 from warmupd.logs import get_logger
 from warmupd.metrics import Metrics
+from warmupd.pauses import PauseStore
 from warmupd.pool import ProcessPool
 from warmupd.producers import InsightsProducer
 from warmupd.producers.insights_builtin import BuiltinInsights
@@ -121,6 +122,7 @@ class Core:
     warmer: Warmer
     runner: JobRunner
     on_demand: OnDemand
+    pauses: PauseStore
     background: list[asyncio.Task[Any]] = field(default_factory=list)
 
     def lock_state(self) -> LockState:
@@ -213,6 +215,7 @@ async def build_core(
         if last is not None:
             # After a restart the alert on an overdue job must still see the real last success.
             metrics.job_last_success.set(last / 1000, job_name=name)
+    pauses = PauseStore(db)
     runner = JobRunner(
         jobs=jobs,
         config=holder,
@@ -222,6 +225,7 @@ async def build_core(
         node=node,
         metrics=metrics,
         on_progress=on_progress,
+        paused=pauses.is_paused,
     )
     on_demand = OnDemand(
         config=holder,
@@ -258,4 +262,5 @@ async def build_core(
         warmer=warmer,
         runner=runner,
         on_demand=on_demand,
+        pauses=pauses,
     )

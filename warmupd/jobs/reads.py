@@ -7,6 +7,7 @@ are fire-and-forget: the read answers with what the cache holds now.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable
 from typing import Any
@@ -122,6 +123,48 @@ class ComparisonService:
             f'"insights": {part(INSIGHTS_PART)}, "freshness": "{overall.value}", '
             f'"needsWarmup": {"true" if missing else "false"}}}'
         )
+
+    async def search(self, prefix: str, limit: int) -> list[dict[str, Any]]:
+        """Comparisons by slug or term prefix, most viewed first, each with its parts' freshness.
+
+        A read only: nothing is scheduled (the dashboard shows what the cache holds).
+        """
+        found = await self.comparisons.search(prefix, limit)
+        reads = await asyncio.gather(*(self.warmer.read(c.slug) for c in found))
+        out = []
+        for comparison, read in zip(found, reads, strict=True):
+            parts = {p: s.shown.value for p, s in read.states.items()} if read else {}
+            out.append(
+                {
+                    "slug": comparison.slug,
+                    "terms": [comparison.term_a, comparison.term_b],
+                    "viewCount": comparison.view_count,
+                    "points": len(comparison.series),
+                    "lastVisited": ms_to_iso(comparison.last_visited_ms),
+                    "parts": parts,
+                }
+            )
+        return out
+
+    async def detail(self, slug: str) -> dict[str, Any]:
+        """A comparison with its series, its parts' freshness and their cached values, decoded.
+
+        A read only: unlike :meth:`pack` it schedules nothing, so the dashboard shows plainly what
+        is missing and leaves the choice to warm it to the operator.
+        :raises NotFound:
+        """
+        comparison = await self.comparisons.get(slug)
+        read = await self.warmer.read(slug, values=True, join=False)
+        if comparison is None or read is None:
+            raise NotFound(f"unknown comparison {slug!r}")
+        return {
+            "comparison": comparison,
+            "dataHash": read.head.data_hash,
+            "applicable": self.warmer.applicable(read.head.points),
+            "parts": {p: s.shown.value for p, s in read.states.items()},
+            "values": {p: json.loads(t) if t else None for p, t in read.texts.items()},
+            "status": await self.warmup_status(slug),
+        }
 
     async def _read(self, slug: str, *, values: bool) -> PartsRead:
         read = await self.warmer.read(slug, values=values)

@@ -19,6 +19,9 @@ class ActiveRun:
     draining: bool = False
     stop_reason: str | None = None
     inflight: set[asyncio.Task[ItemOutcome]] = field(default_factory=set)
+    tally: Tally | None = None
+    """The counts so far, once items run (live progress for the dashboard)."""
+    selected: int | None = None
 
     def stop_now(self, reason: str) -> None:
         """Start no more items and cancel the in-flight ones; the first reason wins."""

@@ -13,7 +13,7 @@ reason decides the run's status. Draining (SIGTERM) only stops starting new item
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from warmupd.clock import Clock
@@ -39,6 +39,8 @@ log = get_logger("warmupd.jobs")
 
 Progress = Callable[[str, int, int, int], None]
 """``on_progress(job, run_id, done, total)`` after every item."""
+IsPaused = Callable[[str], Awaitable[bool]]
+"""``await paused(job)``: whether the job's scheduled fires are paused (SPEC §15)."""
 
 
 class RunHandle:
@@ -68,8 +70,10 @@ class JobRunner:
         node: str,
         metrics: Metrics | None = None,
         on_progress: Progress | None = None,
+        paused: IsPaused | None = None,
     ) -> None:
         self._jobs = dict(jobs)
+        self.paused = paused
         self._config = config
         self.locks = locks
         self.runs = runs
@@ -89,6 +93,13 @@ class JobRunner:
         """The id of the run of ``job`` in progress in this process."""
         active = self._active.get(job)
         return active.run_id if active else None
+
+    def progress(self, run_id: int) -> tuple[Tally, int | None] | None:
+        """The counts so far and the number selected of a run in progress in this process."""
+        for active in self._active.values():
+            if active.run_id == run_id and active.tally is not None:
+                return active.tally, active.selected
+        return None
 
     # ----------------------------------------------------------------- starting
 
@@ -223,7 +234,7 @@ class JobRunner:
     ) -> RunRecord:
         assert active.run_id is not None
         run_id = active.run_id
-        tally = Tally()
+        tally = active.tally = Tally()
         status, reason = RunStatus.SUCCESS, None
         begun = self.clock.monotonic()
         log.info("run.started", job=job.name, run=run_id, trigger=trigger, fence=lease.fence)
@@ -243,7 +254,7 @@ class JobRunner:
                 fencing = Fencing(fence_key=self.locks.fence_key(lease), fence=lease.fence)
                 job.start_run()
                 items = await job.select(settings, self.clock.wall_ms())
-                metadata["selected"] = len(items)
+                metadata["selected"] = active.selected = len(items)
                 await self.runs.update_metadata(run_id, metadata)
                 iterator = iter(items)
 
@@ -369,7 +380,13 @@ class JobRunner:
     # ----------------------------------------------------------------- scheduler hooks
 
     async def on_fire(self, fire: Fire) -> None:
-        """Scheduler callback: start the fire's run; refusals are already recorded as skipped."""
+        """Scheduler callback: start the fire's run; refusals are already recorded as skipped.
+
+        A paused job's fire is recorded ``skipped`` with reason ``paused`` and not run.
+        """
+        if self.paused is not None and await self.paused(fire.job):
+            await self._record_skipped(fire.job, fire.trigger, "paused", {"dueAt": fire.due_ms})
+            return
         try:
             await self.trigger(fire.job, fire.trigger, fire=fire)
         except (AlreadyRunning, LockedElsewhere, ServiceUnavailable) as exc:

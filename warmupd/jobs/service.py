@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
 from warmupd.clock import Clock, ms_to_iso
 from warmupd.config import Config
+from warmupd.errors import NotFound
 from warmupd.jobs.runner import JobRunner, RunHandle
-from warmupd.models import RunRecord, Trigger
+from warmupd.models import RunRecord, RunStatus, Trigger
+from warmupd.pauses import PauseStore
 from warmupd.runs import RunStore
 from warmupd.scheduler_loop import Scheduler
 
@@ -44,8 +47,12 @@ class JobsService:
         runs: RunStore,
         clock: Clock,
         scheduler: Callable[[], Scheduler | None] = lambda: None,
+        pauses: PauseStore | None = None,
+        node: str = "",
     ) -> None:
         self._config = config
+        self.pauses = pauses
+        self.node = node
         self.runner = runner
         self.run_store = runs
         self.clock = clock
@@ -70,6 +77,7 @@ class JobsService:
         """Every job with its schedule, next fire, last run and running run."""
         cfg = self._config()
         scheduler = self._scheduler()
+        paused = await self.pauses.paused() if self.pauses else {}
         out = []
         for name in self.runner.job_names():
             job = cfg.jobs[name]
@@ -85,13 +93,47 @@ class JobsService:
                     "nextRunAt": ms_to_iso(next_ms),
                     "lastRun": render_run(last) if last else None,
                     "running": self.runner.running_run_id(name),
+                    "paused": name in paused,
+                    "pausedAt": ms_to_iso(paused.get(name)),
                 }
             )
         return out
 
     async def run(self, run_id: int) -> RunRecord | None:
-        """One run record."""
-        return await self.run_store.get(run_id)
+        """One run record; a run in progress here carries its counts so far (live progress)."""
+        record = await self.run_store.get(run_id)
+        if record is None or record.status is not RunStatus.RUNNING:
+            return record
+        live = self.runner.progress(run_id)
+        if live is None:
+            return record
+        tally, _ = live
+        return dataclasses.replace(
+            record,
+            processed=tally.processed,
+            skipped=tally.skipped,
+            failed=tally.failed,
+            errors=tuple(tally.errors),
+        )
+
+    async def timeline(self, since_ms: int, limit: int) -> list[RunRecord]:
+        """The newest ``limit`` runs started at or after ``since_ms``, newest first."""
+        return await self.run_store.since(since_ms, limit)
+
+    async def set_paused(self, job: str, paused: bool) -> dict[str, Any]:
+        """Pause or resume ``job`` fleet-wide; returns ``{job, paused, pausedAt}``.
+
+        :raises NotFound: unknown job.
+        """
+        if job not in self.runner.job_names():
+            raise NotFound(f"unknown job {job!r} (known: {', '.join(self.runner.job_names())})")
+        assert self.pauses is not None  # the daemon always wires the pause store
+        at_ms: int | None = None
+        if paused:
+            at_ms = await self.pauses.pause(job, self.clock.wall_ms(), self.node)
+        else:
+            await self.pauses.resume(job)
+        return {"job": job, "paused": paused, "pausedAt": ms_to_iso(at_ms)}
 
     async def runs(
         self, *, job: str | None, status: str | None, limit: int, before: int | None
