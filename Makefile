@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 CONFIG ?= config.example.toml
 
-.PHONY: setup run test lint typecheck pytest bench clean
+.PHONY: setup run test lint typecheck pytest bench screenshots clean
 
 # A venv from the system Python and the stock pip of a fresh machine; re-run only when
 # pyproject.toml changes.
@@ -38,6 +38,10 @@ pytest: setup
 
 # Every check and test, exactly what CI runs.
 test: lint typecheck pytest
+
+# The browser tests again, writing the committed screenshots that README and docs/ show.
+screenshots: setup
+	WARMUPD_SCREENSHOTS=docs/screenshots $(BIN)/pytest -q tests/test_ui_browser.py
 
 bench: setup
 	$(BIN)/python -m bench

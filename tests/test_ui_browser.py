@@ -1,7 +1,8 @@
 """The dashboard in a real browser (SPEC §15): the real daemon as a subprocess on loopback, with demo
 data, secrets and a scripted model server; Debian's chromium driven by Playwright.
 
-Each page is opened at 1440 px and at 360 px; a screenshot of each goes to docs/screenshots/.
+Each page is opened at 1440 px and at 360 px; a screenshot of each goes to build/screenshots/
+(docs/screenshots/ with `make screenshots`).
 """
 
 from __future__ import annotations
