@@ -35,6 +35,7 @@ LAYERS: dict[str, int] = {
     "cli_remote": 7,
     "runs": 2,
     "importer": 2,
+    "json_input": 1,
     "locks": 2,
     "scheduler_loop": 2,
     # L3: lock backends

@@ -9,7 +9,6 @@ protocols live in :mod:`warmupd.services` and are re-exported here.
 from __future__ import annotations
 
 import asyncio
-import json
 import secrets as pysecrets
 import time
 from collections.abc import Awaitable, Callable
@@ -29,6 +28,7 @@ from warmupd.errors import (
     UnsupportedMediaType,
     WarmupdError,
 )
+from warmupd.json_input import decode_json
 from warmupd.logs import get_logger
 from warmupd.metrics import CONTENT_TYPE, Metrics
 from warmupd.models import Trigger
@@ -138,11 +138,10 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
 
 
 def _query(request: web.Request) -> dict[str, list[str]]:
+    raw = request.rel_url.raw_query_string
+    if "%" in raw:
+        schemas.check_query_encoding(raw)
     return {key: request.query.getall(key) for key in set(request.query.keys())}
-
-
-def _reject_nan(text: str) -> float:
-    raise InvalidRequest("body", f"{text} is not valid JSON (numbers must be finite)")
 
 
 async def read_json(request: web.Request, *, required: bool) -> object:
@@ -174,16 +173,7 @@ async def read_json(request: web.Request, *, required: bool) -> object:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise InvalidRequest("body", "is not valid UTF-8") from None
-    try:
-        value = json.loads(text, parse_constant=_reject_nan)
-    except json.JSONDecodeError as exc:
-        raise InvalidRequest(
-            "body", f"malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
-        ) from None
-    except (ValueError, RecursionError):
-        raise InvalidRequest(
-            "body", "is not acceptable JSON (too deep or too long a number)"
-        ) from None
+    value = decode_json(text)
     if value is None:
         # An explicit ``null`` is a body, and not an object; only an absent body means "defaults".
         raise InvalidRequest("body", "must be a JSON object")

@@ -37,6 +37,11 @@ def ref(name: str) -> Schema:
     return {"$ref": _REF + name}
 
 
+def _nullable(schema: Schema) -> Schema:
+    """An optional field: ``null`` means absent (SPEC §17)."""
+    return {**schema, "type": [schema["type"], "null"]}
+
+
 def _obj(
     props: dict[str, Schema], required: list[str] | None = None, *, extra: bool = False
 ) -> Schema:
@@ -83,8 +88,10 @@ SCHEMAS: dict[str, Schema] = {
     ),
     "TriggerBody": _obj(
         {
-            "limit": {"type": "integer", "minimum": 1, "maximum": MAX_TRIGGER_LIMIT},
-            "concurrency": {"type": "integer", "minimum": 1, "maximum": MAX_TRIGGER_CONCURRENCY},
+            "limit": _nullable({"type": "integer", "minimum": 1, "maximum": MAX_TRIGGER_LIMIT}),
+            "concurrency": _nullable(
+                {"type": "integer", "minimum": 1, "maximum": MAX_TRIGGER_CONCURRENCY}
+            ),
         },
         [],
     ),
@@ -107,7 +114,7 @@ SCHEMAS: dict[str, Schema] = {
     "WarmupBody": _obj(
         {
             "slug": {"type": "string", "pattern": SLUG_RE.pattern},
-            "dataHash": {"type": "string", "pattern": DATA_HASH_RE.pattern},
+            "dataHash": _nullable({"type": "string", "pattern": DATA_HASH_RE.pattern}),
         },
         ["slug"],
     ),
@@ -165,8 +172,8 @@ SCHEMAS: dict[str, Schema] = {
                 "uniqueItems": True,
             },
             "timeframe": {**_SHORT, "pattern": _NON_BLANK},
-            "geo": {**_SHORT, "pattern": _NO_CONTROL},
-            "category": {**_SHORT, "pattern": _NO_CONTROL},
+            "geo": _nullable({**_SHORT, "pattern": _NO_CONTROL}),
+            "category": _nullable({**_SHORT, "pattern": _NO_CONTROL}),
             "series": {
                 "type": "array",
                 "maxItems": MAX_POINTS,
@@ -186,7 +193,11 @@ SCHEMAS: dict[str, Schema] = {
     ),
     "Upserted": _obj({"slug": _STR, "dataHash": _STR}),
     "ViewsBody": _obj(
-        {"count": {"type": "integer", "minimum": 1, "maximum": MAX_VIEWS}, "at": _TIME}, []
+        {
+            "count": _nullable({"type": "integer", "minimum": 1, "maximum": MAX_VIEWS}),
+            "at": _nullable(_TIME),
+        },
+        [],
     ),
     "Views": _obj({"slug": _STR, "viewCount": _COUNT, "lastVisited": _TIME_OR_NULL}, extra=True),
     "Status": _obj(
