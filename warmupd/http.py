@@ -23,6 +23,7 @@ from warmupd.config import Secrets
 from warmupd.errors import (
     Busy,
     InvalidRequest,
+    LockedElsewhere,
     NotFound,
     PayloadTooLarge,
     UnsupportedMediaType,
@@ -112,6 +113,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         body: dict[str, Any] = error_body(exc.code, exc.message)
         if isinstance(exc, Busy) and exc.run_id is not None:
             body["runId"] = exc.run_id
+        if isinstance(exc, LockedElsewhere) and exc.node is not None:
+            body["node"] = exc.node
         response = json_response(body, status=exc.http_status, headers=headers)
     except web.HTTPException as exc:
         response = _http_error(request, exc)

@@ -55,7 +55,11 @@ SCHEMAS: dict[str, Schema] = {
         {
             "error": _STR,
             "message": _STR,
-            "runId": {"type": ["integer", "string"], "description": "the local holder's run"},
+            "runId": {
+                "type": ["integer", "string"],
+                "description": "the holder's run (already_running, locked_elsewhere when known)",
+            },
+            "node": {"type": "string", "description": "locked_elsewhere: the holder's node id"},
         },
         ["error", "message"],
     ),

@@ -157,6 +157,19 @@ class FallbackLocks(Locks):
             raise error
         return local and remote
 
+    async def tag_run(self, lease: Lease, run_id: int) -> bool:
+        """See :meth:`Locks.tag_run`: in SQLite, and in Redis too for a ``redis`` lease."""
+        local = await self._sqlite.tag_run(self._part(lease, "sqlite"), run_id)
+        if lease.backend != "redis":
+            return local
+        try:
+            remote = await self._redis.tag_run(lease, run_id)
+        except ServiceUnavailable:
+            self._mark(False)
+            raise
+        self._mark(True)
+        return local and remote
+
     async def claim_fire(self, job: str, due_ms: int, ttl_ms: int) -> bool:
         """See :meth:`Locks.claim_fire` and the module docstring."""
         if not await self._sqlite.claim_fire(job, due_ms, ttl_ms):
