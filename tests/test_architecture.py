@@ -22,6 +22,7 @@ LAYERS: dict[str, int] = {
     "db": 1,
     "schemas": 1,
     "metrics": 1,
+    "health": 1,
     "promtext": 1,
     "systemd": 1,
     "logs": 1,

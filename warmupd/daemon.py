@@ -70,6 +70,7 @@ class Daemon:
         self.state = ShutdownState.RUNNING
         self._stop = asyncio.Event()
         self.scheduler: Scheduler | None = None
+        self.core: Core | None = None
 
     def _transition(self, state: ShutdownState) -> None:
         log.info("daemon.state", previous=self.state.value, state=state.value)
@@ -139,11 +140,16 @@ class Daemon:
             self._transition(ShutdownState.STOPPED)
         return 0
 
-    async def _serve(self, stack: AsyncExitStack, core: Core) -> None:
-        cfg = self.holder()
+    def assemble(self, core: Core) -> web.Application:
+        """Build the scheduler and the HTTP application on top of ``core`` (nothing starts yet).
+
+        ``serve`` binds the application and runs the scheduler; tests drive the same application
+        through aiohttp's test client, with :meth:`reload` as SIGHUP would call it.
+        """
         holder = self.holder
+        self.core = core
         scheduler = Scheduler(
-            schedules_of(cfg),
+            schedules_of(holder()),
             state=ScheduleStore(core.db),
             claimer=core.locks,
             clock=self.clock,
@@ -187,15 +193,21 @@ class Daemon:
                     self.metrics.scheduler_next_run.set(ms / 1000, job_name=job)
 
         self.metrics.add_scrape_hook(next_runs)
-        app = create_app(
+        return create_app(
             status,
             jobs=jobs,
             comparisons=comparisons,
             secrets=lambda: holder().secrets,
-            read_auth=cfg.http.read_auth,
-            max_body_bytes=cfg.http.max_body_bytes,
+            read_auth=holder().http.read_auth,
+            max_body_bytes=holder().http.max_body_bytes,
             metrics=self.metrics,
         )
+
+    async def _serve(self, stack: AsyncExitStack, core: Core) -> None:
+        cfg = self.holder()
+        app = self.assemble(core)
+        scheduler = self.scheduler
+        assert scheduler is not None
         app_runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=5.0, access_log=None)
         await app_runner.setup()
         stack.push_async_callback(app_runner.cleanup)
@@ -251,9 +263,9 @@ class Daemon:
         interval_s = max(1.0, 2 * self.holder().redis.connect_timeout_ms / 1000)
         while True:
             await self.clock.sleep(interval_s)
-            # FallbackLocks logs each change between up and down itself.
-            up = await core.fallback.ping()
-            self.metrics.redis_up.set(1 if up else 0)
+            # The ping reports to the health state (and so to status, readyz and the metric); it
+            # catches a change no lock call has noticed yet, e.g. Redis back while nothing runs.
+            await core.fallback.ping()
 
 
 async def run_once(

@@ -18,6 +18,7 @@ from warmupd.clock import Clock
 from warmupd.config import JOB_ON_DEMAND, Config, load_config
 from warmupd.db import Database
 from warmupd.errors import ConfigError
+from warmupd.health import Health
 from warmupd.jobs import build_jobs
 from warmupd.jobs.ondemand import OnDemand
 from warmupd.jobs.parts import Warmer
@@ -121,17 +122,17 @@ class Core:
     warmer: Warmer
     runner: JobRunner
     on_demand: OnDemand
+    health: Health
     background: list[asyncio.Task[Any]] = field(default_factory=list)
 
     def lock_state(self) -> LockState:
-        """Where locks go now and whether Redis answers."""
+        """Where locks go now and whether Redis answers: read from the one health state."""
         if self.fallback is None:
-            return LockState(backend="sqlite", redis="unconfigured", usable=True)
-        up = self.fallback.redis_up
+            return LockState(backend="sqlite", redis=self.health.redis, usable=True)
         return LockState(
             backend=self.fallback.backend,
-            redis="up" if up else "down",
-            usable=up or self.fallback.policy == "sqlite",
+            redis=self.health.redis,
+            usable=self.health.redis_up or self.fallback.policy == "sqlite",
         )
 
 
@@ -162,19 +163,22 @@ async def build_core(
     sqlite_locks = SqliteLocks(db, clock, node)
     locks: Locks = sqlite_locks
     fallback = None
+    health = Health(redis_configured=bool(cfg.redis.url))
+    # The metric follows the health state synchronously, so it can never lag status or readyz.
+    health.subscribe(lambda up: metrics.redis_up.set(1 if up else 0))
     if cfg.redis.url:
         redis_locks = RedisLocks(
             cfg.redis.url, cfg.redis.key_prefix, cfg.redis.connect_timeout_ms / 1000, clock, node
         )
         stack.push_async_callback(redis_locks.close)
-        fallback = FallbackLocks(redis_locks, sqlite_locks, cfg.redis.on_unavailable)
+        fallback = FallbackLocks(redis_locks, sqlite_locks, cfg.redis.on_unavailable, health=health)
         locks = fallback
         try:
             for warning in await redis_locks.check_server():
                 log.warning("redis.check", warning=warning)
         except Exception as exc:  # noqa: BLE001 - Redis being down at start-up is not fatal
             log.warning("redis.unreachable", error=type(exc).__name__)
-        metrics.redis_up.set(1 if await fallback.ping() else 0)
+        await fallback.ping()
     locks.on_acquire = observe
     stack.push_async_callback(locks.close)
 
@@ -258,4 +262,5 @@ async def build_core(
         warmer=warmer,
         runner=runner,
         on_demand=on_demand,
+        health=health,
     )
