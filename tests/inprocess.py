@@ -1,8 +1,8 @@
 """The real daemon assembled in the test's own event loop: real SQLite file, real locks, the real
 HTTP application through aiohttp's test client, and ``Daemon.reload()`` as SIGHUP calls it.
 
-Only the CPU runner of the warmer is replaced (by :class:`GatedCpu`), so that work can be held in
-flight or run inline without spawning a process pool.
+Only the process pool is replaced (by :class:`GatedCpu`, for the warmer and the insights facts), so
+that work can be held in flight or run inline without spawning worker processes.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from tests.lock_support import free_port
 from warmupd.config import load_config
 from warmupd.daemon import Daemon
 from warmupd.importer import load_demo_data
-from warmupd.wiring import Core, build_core
+from warmupd.wiring import Core, build_core, make_insights
 
 T = TypeVar("T")
 J = {"X-Job-Secret": JOB_SECRET, "Content-Type": "application/json"}
@@ -103,6 +103,9 @@ async def in_process(
             await load_demo_data(core.db, count=demo, seed=7, now_ms=clock.wall_ms())
         cpu = GatedCpu(gated=gated)
         core.warmer.cpu = cpu
+        # The insights facts step too runs inline: no process pool is ever spawned here.
+        core.pool = cpu  # type: ignore[assignment]
+        core.insights.swap(make_insights(daemon.holder(), core.pool))
         client = await aiohttp_client(daemon.assemble(core))
         try:
             yield InProcess(daemon, core, client, path, config, cpu)

@@ -23,6 +23,7 @@ LAYERS: dict[str, int] = {
     "schemas": 1,
     "metrics": 1,
     "health": 1,
+    "reload": 1,
     "promtext": 1,
     "systemd": 1,
     "logs": 1,
@@ -45,6 +46,7 @@ LAYERS: dict[str, int] = {
     "locks.fallback": 3,
     # L4: jobs and the daemon's self-view
     "jobs": 4,
+    "jobs.slots": 4,
     "status": 4,
     # L5: the HTTP edge
     "services": 5,

@@ -81,8 +81,13 @@ class Daemon:
         self._stop.set()
 
     def reload(self) -> None:
-        """SIGHUP: re-read the config; apply schedules and limits; keep the old one if invalid."""
+        """SIGHUP: re-read the config and apply it; keep the old one if invalid.
+
+        Applies every setting that can change without a restart (:mod:`warmupd.reload`); a
+        changed restart-only key is logged and listed in ``/api/status``.
+        """
         self.notifier.reloading()
+        old = self.holder()
         new = self.holder.reload()
         if new is not None:
             for value in (new.secrets.job, new.secrets.warmup):
@@ -90,7 +95,13 @@ class Daemon:
                     register_secret(value)
             if self.scheduler is not None:
                 self.scheduler.reload(schedules_of(new))
-            log.info("config.reloaded", source=new.source)
+            if self.core is not None:
+                self.core.apply(old, new)
+            log.info(
+                "config.reloaded",
+                source=new.source,
+                restart_required=",".join(self.holder.restart_required) or None,
+            )
         self.notifier.ready()
         self.notifier.status(self._status_line())
 
@@ -173,6 +184,7 @@ class Daemon:
             on_demand=core.on_demand,
             scheduler=lambda: self.scheduler,
             lock_state=core.lock_state,
+            restart_required=lambda: holder.restart_required,
             node=self.node,
             clock=self.clock,
             started_ms=self.clock.wall_ms(),
@@ -198,8 +210,8 @@ class Daemon:
             jobs=jobs,
             comparisons=comparisons,
             secrets=lambda: holder().secrets,
-            read_auth=holder().http.read_auth,
-            max_body_bytes=holder().http.max_body_bytes,
+            read_auth=lambda: holder().http.read_auth,
+            max_body_bytes=lambda: holder().http.max_body_bytes,
             metrics=self.metrics,
         )
 

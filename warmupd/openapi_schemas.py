@@ -218,6 +218,11 @@ SCHEMAS: dict[str, Schema] = {
             "jobs": {"type": "array"},
             "onDemand": _obj({"inFlight": _COUNT, "queued": _COUNT}, extra=True),
             "cache": _obj({"fresh": _COUNT, "stale": _COUNT, "expired": _COUNT}, extra=True),
+            "restartRequired": {
+                "type": "array",
+                "items": _STR,
+                "description": "config keys changed since start-up that apply only after a restart",
+            },
         },
         extra=True,
     ),

@@ -41,6 +41,7 @@ class StatusService:
         on_demand: OnDemand,
         scheduler: Callable[[], Scheduler | None],
         lock_state: Callable[[], LockState],
+        restart_required: Callable[[], list[str]] = list,
         node: str,
         clock: Clock,
         started_ms: int,
@@ -52,6 +53,7 @@ class StatusService:
         self.on_demand = on_demand
         self._scheduler = scheduler
         self._lock_state = lock_state
+        self._restart_required = restart_required
         self.node = node
         self.clock = clock
         self.started_ms = started_ms
@@ -111,4 +113,5 @@ class StatusService:
             "jobs": jobs,
             "onDemand": {"inFlight": self.on_demand.in_flight(), "queued": self.on_demand.queued()},
             "cache": cache,
+            "restartRequired": list(self._restart_required()),
         }

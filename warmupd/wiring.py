@@ -15,11 +15,13 @@ from typing import Any
 
 from warmupd.cache import CacheStore
 from warmupd.clock import Clock
-from warmupd.config import JOB_ON_DEMAND, Config, load_config
+from warmupd.config import JOB_HOUSEKEEPING, JOB_ON_DEMAND, Config, load_config
 from warmupd.db import Database
 from warmupd.errors import ConfigError
 from warmupd.health import Health
-from warmupd.jobs import build_jobs
+from warmupd.jobs import build_jobs, node_stale_ms
+from warmupd.jobs.base import Job
+from warmupd.jobs.housekeeping import HousekeepingJob
 from warmupd.jobs.ondemand import OnDemand
 from warmupd.jobs.parts import Warmer
 from warmupd.jobs.runner import JobRunner, Progress
@@ -33,6 +35,8 @@ from warmupd.pool import ProcessPool
 from warmupd.producers import InsightsProducer
 from warmupd.producers.insights_builtin import BuiltinInsights
 from warmupd.producers.insights_openai import OpenAIInsights
+from warmupd.producers.swap import SwappableInsights
+from warmupd.reload import split_reload
 from warmupd.runs import NodeStore, RunStore, recover_abandoned
 from warmupd.scheduler import JobSchedule
 from warmupd.status import LockState
@@ -47,19 +51,27 @@ class ConfigHolder:
     def __init__(self, config: Config, path: str | None) -> None:
         self.current = config
         self.path = path
+        self.restart_required: list[str] = []
+        """Keys whose value in the file differs from the running one until a restart (SPEC §17)."""
 
     def __call__(self) -> Config:
         return self.current
 
     def reload(self) -> Config | None:
-        """Re-read the file; returns the new config, or None (old kept) when it is invalid."""
+        """Re-read the file; returns the config now in force, or None (old kept) when invalid.
+
+        Restart-only settings (:data:`warmupd.reload.RESTART_ONLY`) keep their running values;
+        the keys whose file value differs are in :attr:`restart_required`, each logged.
+        """
         try:
             new = load_config(self.path)
         except ConfigError as exc:
             log.error("config.reload_rejected", error=exc)  # noqa: TRY400 - the message is the whole story
             return None
-        self.current = new
-        return new
+        self.current, self.restart_required = split_reload(self.current, new)
+        for key in self.restart_required:
+            log.warning("reload.restart_required", key=key)
+        return self.current
 
 
 def schedules_of(config: Config) -> list[JobSchedule]:
@@ -123,7 +135,31 @@ class Core:
     runner: JobRunner
     on_demand: OnDemand
     health: Health
+    insights: SwappableInsights
+    jobs: dict[str, Job[Any]]
     background: list[asyncio.Task[Any]] = field(default_factory=list)
+
+    def apply(self, old: Config, new: Config) -> None:
+        """Put the in-place settings of a reloaded config into the running components (SIGHUP).
+
+        Everything else either is read from the config holder when used (job settings, secrets,
+        lease, ``read_auth``, ``max_body_bytes``, queue bound, shutdown grace) or needs a restart
+        (:data:`warmupd.reload.RESTART_ONLY`). A run in progress keeps the job settings it started
+        with; an item computed after the reload uses the new TTLs and forecast settings.
+        """
+        self.warmer.cache_config = new.cache
+        self.warmer.forecast_config = new.forecast
+        self.on_demand.set_concurrency(new.on_demand.concurrency)
+        if self.fallback is not None:
+            self.fallback.policy = new.redis.on_unavailable
+        housekeeping = self.jobs.get(JOB_HOUSEKEEPING)
+        if isinstance(housekeeping, HousekeepingJob):
+            housekeeping.stale_ttl_ms = new.cache.stale_ttl_ms
+            housekeeping.node_stale_ms = node_stale_ms(new)
+        if new.ai != old.ai:
+            # Calls in flight finish on the old producer, which is closed after the last of them.
+            self.insights.swap(make_insights(new, self.pool))
+            log.info("ai.reloaded", provider=new.ai.provider, model=self.insights.model)
 
     def lock_state(self) -> LockState:
         """Where locks go now and whether Redis answers: read from the one health state."""
@@ -189,7 +225,8 @@ async def build_core(
             clock=clock,
         )
     )
-    insights = make_insights(cfg, pool)
+    # Swappable: a reload that changes [ai] puts a new producer in place (Core.apply).
+    insights = SwappableInsights(make_insights(cfg, pool))
     stack.push_async_callback(insights.close)
     cache, comparisons, warmups = CacheStore(db), ComparisonStore(db), WarmupStore(db)
     warmer = Warmer(
@@ -263,4 +300,6 @@ async def build_core(
         runner=runner,
         on_demand=on_demand,
         health=health,
+        insights=insights,
+        jobs=jobs,
     )
