@@ -19,6 +19,7 @@ from tests.fakes import FakeClock
 from tests.lock_support import free_port
 from warmupd.config import load_config
 from warmupd.daemon import Daemon
+from warmupd.errors import ProducerError
 from warmupd.importer import load_demo_data
 from warmupd.wiring import Core, build_core, make_insights
 
@@ -37,9 +38,13 @@ class GatedCpu:
         self.gate: asyncio.Event | None = asyncio.Event() if gated else None
         self.entered = asyncio.Event()
         self.calls: list[str] = []
+        self.fail = False
+        """When set, every call fails at once (an item error), so background work ends quickly."""
 
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         self.calls.append(fn.__name__)
+        if self.fail:
+            raise ProducerError("no compute in this test")
         self.entered.set()
         if self.gate is not None:
             await self.gate.wait()

@@ -268,3 +268,17 @@ async def test_import_reports_a_surrogate_line_and_loads_the_rest(tmp_path: Path
         assert "terms[0]" in report.errors[0][1]
         assert "slug: duplicate key" in report.errors[1][1]
         assert await ComparisonStore(db).count() == 1
+
+
+async def test_an_empty_key_or_parameter_name_is_still_named(
+    served: tuple[Any, FakeServices],
+) -> None:
+    # Were 400s whose message named no field at all ("unknown field").
+    client, fakes = served
+    status, answer = await send(client, "PUT", PUT, GOOD[:-1] + ', "": 1}', J)
+    refused(status, answer, '""')
+    status, answer = await send(client, "PUT", PUT, GOOD.replace('"tea": 10', '"": 10'), J)
+    refused(status, answer, 'series[0].""')
+    status, answer = await send(client, "GET", "/api/jobs/runs?=1", None, {})
+    refused(status, answer, '""')
+    assert fakes.recorder.writes == []

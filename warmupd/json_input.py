@@ -49,8 +49,14 @@ def is_unicode(text: str) -> bool:
     return True
 
 
-def _child(path: str, key: str) -> str:
+def field_name(path: str, key: str) -> str:
+    """The name of member ``key`` of the object at ``path`` in an error: ``series[0].tea``.
+
+    An empty key is shown as ``""`` and a long one is cut, so the field is always visible and
+    the message stays short.
+    """
     key = key if len(key) <= _MAX_ERROR_KEY else key[:_MAX_ERROR_KEY] + "…"
+    key = key or '""'
     return f"{path}.{key}" if path else key
 
 
@@ -69,9 +75,9 @@ def _first_problem(value: object) -> tuple[str, str] | None:
                 if not is_unicode(key):
                     return path or "body", "has a key that is not valid Unicode (a lone surrogate)"
                 if key in seen:
-                    return _child(path, key), "duplicate key in a JSON object"
+                    return field_name(path, key), "duplicate key in a JSON object"
                 seen.add(key)
-                children.append((_child(path, key), child))
+                children.append((field_name(path, key), child))
             stack.extend(reversed(children))
         elif isinstance(node, list):
             stack.extend(reversed([(f"{path}[{i}]", item) for i, item in enumerate(node)]))

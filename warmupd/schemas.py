@@ -17,7 +17,7 @@ from urllib.parse import unquote_to_bytes
 
 from warmupd.clock import iso_to_ms
 from warmupd.errors import InvalidRequest
-from warmupd.json_input import is_unicode
+from warmupd.json_input import field_name, is_unicode
 from warmupd.models import Comparison
 
 SLUG_RE = re.compile(r"^[a-z0-9-]{1,200}$")
@@ -45,15 +45,14 @@ def expect_object(
     """
     if not isinstance(value, dict):
         raise InvalidRequest(field or "body", "must be a JSON object")
-    prefix = f"{field}." if field else ""
     for key in value:
         if key not in allowed:
-            raise InvalidRequest(f"{prefix}{key}", "unknown field")
+            raise InvalidRequest(field_name(field, key), "unknown field")
     if None in value.values():
         value = {k: v for k, v in value.items() if v is not None or k in required}
     for key in sorted(required):
         if key not in value:
-            raise InvalidRequest(f"{prefix}{key}", "is required")
+            raise InvalidRequest(field_name(field, key), "is required")
     return value
 
 
@@ -286,7 +285,7 @@ def check_query_encoding(raw_query: str) -> None:
         try:
             unquote_to_bytes(value.replace("+", " ")).decode("utf-8")
         except UnicodeDecodeError:
-            raise InvalidRequest(field, "is not valid UTF-8") from None
+            raise InvalidRequest(field_name("", field), "is not valid UTF-8") from None
 
 
 def parse_runs_query(query: Mapping[str, list[str]]) -> RunsQuery:
@@ -297,7 +296,7 @@ def parse_runs_query(query: Mapping[str, list[str]]) -> RunsQuery:
     """
     for name in query:
         if name not in {"job", "status", "limit", "before"}:
-            raise InvalidRequest(name, "unknown query parameter")
+            raise InvalidRequest(field_name("", name), "unknown query parameter")
     job = _single(query, "job")
     status = _single(query, "status")
     limit_text = _single(query, "limit")
@@ -321,7 +320,7 @@ def parse_flag(query: Mapping[str, list[str]], name: str, allowed: set[str]) -> 
     """A boolean query flag (``true``/``false``/``1``/``0``); other parameters than ``allowed`` are errors."""
     for key in query:
         if key not in allowed:
-            raise InvalidRequest(key, "unknown query parameter")
+            raise InvalidRequest(field_name("", key), "unknown query parameter")
     text = _single(query, name)
     if text is None:
         return False
