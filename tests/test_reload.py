@@ -20,7 +20,7 @@ from aiohttp import web
 
 from tests.daemon_support import DaemonProcess, wait_until
 from tests.inprocess import InProcess, J, W, in_process
-from tests.lock_support import free_port, wait_for_condition
+from tests.lock_support import closed_port_url, free_port, wait_for_condition
 from warmupd.config import parse_config
 from warmupd.errors import ProducerError
 from warmupd.models import Comparison
@@ -189,6 +189,10 @@ async def timeout_message(d: InProcess) -> str:
     return await ask_model(d)
 
 
+async def readiness(d: InProcess) -> int:
+    return (await d.client.get("/readyz")).status
+
+
 async def insights_version(d: InProcess) -> str:
     return d.core.warmer.insights_version
 
@@ -197,8 +201,8 @@ async def insights_version(d: InProcess) -> str:
 
 OPENAI = {"provider": "openai", "model": "m1", "max_retries": 0, "timeout": "60s"}
 
-# key: (initial config, changed config, probe, observed before, observed after). The servers'
-# URLs are filled in for "{0}" and "{1}".
+# key: (initial config, changed config, probe, observed before, observed after). The model
+# servers' URLs are filled in for "{0}" and "{1}", a Redis URL nobody listens on for "{closed}".
 CASES: dict[str, tuple[dict[str, Any], dict[str, Any], Probe, Any, Any]] = {
     "http.read_auth": (
         {"http": {"read_auth": False}},
@@ -298,6 +302,14 @@ CASES: dict[str, tuple[dict[str, Any], dict[str, Any], Probe, Any, Any]] = {
         "openai/m1/1",
         "openai/m1/1",
     ),
+    "redis.on_unavailable": (
+        # Redis configured but down from the start (nobody listens on that port).
+        {"redis": {"url": "{closed}", "connect_timeout": "200ms", "on_unavailable": "sqlite"}},
+        {"redis": {"on_unavailable": "skip"}},
+        readiness,
+        200,  # the SQLite fallback is allowed
+        503,  # locks are unusable without Redis now
+    ),
     "ai.prompt_version": (
         {},
         {"ai": {"prompt_version": "2"}},
@@ -308,8 +320,11 @@ CASES: dict[str, tuple[dict[str, Any], dict[str, Any], Probe, Any, Any]] = {
 }
 
 
-def fill(doc: dict[str, Any], urls: tuple[str, str]) -> dict[str, Any]:
-    return json.loads(json.dumps(doc).replace("{0}", urls[0]).replace("{1}", urls[1]))
+def fill(doc: dict[str, Any], urls: tuple[str, str, str]) -> dict[str, Any]:
+    text = json.dumps(doc)
+    for i, name in enumerate(("{0}", "{1}", "{closed}")):
+        text = text.replace(name, urls[i])
+    return json.loads(text)
 
 
 @pytest.mark.parametrize("key", sorted(CASES))
@@ -323,7 +338,7 @@ async def test_sighup_applies_each_reloadable_key(
 ) -> None:
     monkeypatch.setenv("WARMUPD_TEST_AI_KEY", "sk-test-reload")
     initial, changed, probe, before, after = CASES[key]
-    urls = (model_servers[0].url, model_servers[1].url)
+    urls = (model_servers[0].url, model_servers[1].url, closed_port_url())
     gated = key.startswith("on_demand.")
     async with in_process(
         tmp_path, aiohttp_client, fill(initial, urls), gated=gated, demo=3 if gated else 0
