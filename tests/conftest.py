@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import os
 import socket
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from tests.daemon_support import DaemonProcess
 from tests.fakes import FakeClock
 from warmupd.db import Database
+
+# Property tests: in CI the same examples every run (derandomized, no example database), so a
+# failure is reproducible from the log alone; locally random, with hypothesis's example database
+# (.hypothesis/, not committed) replaying past failures first. No deadline: the machine is shared.
+settings.register_profile("ci", derandomize=True, database=None, deadline=None, print_blob=True)
+settings.register_profile("dev", deadline=None)
+settings.load_profile("ci" if os.environ.get("CI") else "dev")
 
 
 @pytest.fixture

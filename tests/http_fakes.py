@@ -60,6 +60,7 @@ class FakeStatus:
             "jobs": [{"name": name, "running": None} for name in KNOWN_JOBS],
             "onDemand": {"inFlight": 1, "queued": 2},
             "cache": {"fresh": 10, "stale": 2, "expired": 1},
+            "restartRequired": [],
         }
 
     async def ready(self) -> tuple[bool, dict[str, Any]]:

@@ -44,7 +44,7 @@ RETURNING fence
 _BROKEN_LUA = """
 local fence = redis.call('INCR', KEYS[2])
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return fence
+return {fence, ''}
 """
 
 

@@ -22,6 +22,8 @@ LAYERS: dict[str, int] = {
     "db": 1,
     "schemas": 1,
     "metrics": 1,
+    "health": 1,
+    "reload": 1,
     "promtext": 1,
     "systemd": 1,
     "logs": 1,
@@ -35,6 +37,7 @@ LAYERS: dict[str, int] = {
     "cli_remote": 7,
     "runs": 2,
     "importer": 2,
+    "json_input": 1,
     "locks": 2,
     "pauses": 2,
     "scheduler_loop": 2,
@@ -44,6 +47,7 @@ LAYERS: dict[str, int] = {
     "locks.fallback": 3,
     # L4: jobs and the daemon's self-view
     "jobs": 4,
+    "jobs.slots": 4,
     "status": 4,
     # L5: the HTTP edge
     "services": 5,

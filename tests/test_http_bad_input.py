@@ -202,15 +202,16 @@ CASES: list[tuple[str, str, str, dict[str, str], bytes | None, int, str, str]] =
         "invalid_request",
         "limit",
     ),
+    # `null` for an optional field means absent (SPEC §17), so only a required one is refused.
     (
-        "count-null",
+        "slug-null",
         "POST",
-        "/api/comparisons/tea-vs-coffee/views",
-        J,
-        js({"count": None}),
+        "/api/comparison/warmup",
+        W,
+        js({"slug": None}),
         400,
         "invalid_request",
-        "count",
+        "slug",
     ),
     (
         "at-number",

@@ -71,6 +71,7 @@ class Daemon:
         self.state = ShutdownState.RUNNING
         self._stop = asyncio.Event()
         self.scheduler: Scheduler | None = None
+        self.core: Core | None = None
 
     def _transition(self, state: ShutdownState) -> None:
         log.info("daemon.state", previous=self.state.value, state=state.value)
@@ -81,8 +82,13 @@ class Daemon:
         self._stop.set()
 
     def reload(self) -> None:
-        """SIGHUP: re-read the config; apply schedules and limits; keep the old one if invalid."""
+        """SIGHUP: re-read the config and apply it; keep the old one if invalid.
+
+        Applies every setting that can change without a restart (:mod:`warmupd.reload`); a
+        changed restart-only key is logged and listed in ``/api/status``.
+        """
         self.notifier.reloading()
+        old = self.holder()
         new = self.holder.reload()
         if new is not None:
             for value in (new.secrets.job, new.secrets.warmup):
@@ -90,7 +96,13 @@ class Daemon:
                     register_secret(value)
             if self.scheduler is not None:
                 self.scheduler.reload(schedules_of(new))
-            log.info("config.reloaded", source=new.source)
+            if self.core is not None:
+                self.core.apply(old, new)
+            log.info(
+                "config.reloaded",
+                source=new.source,
+                restart_required=",".join(self.holder.restart_required) or None,
+            )
         self.notifier.ready()
         self.notifier.status(self._status_line())
 
@@ -140,11 +152,16 @@ class Daemon:
             self._transition(ShutdownState.STOPPED)
         return 0
 
-    async def _serve(self, stack: AsyncExitStack, core: Core) -> None:
-        cfg = self.holder()
+    def assemble(self, core: Core) -> web.Application:
+        """Build the scheduler and the HTTP application on top of ``core`` (nothing starts yet).
+
+        ``serve`` binds the application and runs the scheduler; tests drive the same application
+        through aiohttp's test client, with :meth:`reload` as SIGHUP would call it.
+        """
         holder = self.holder
+        self.core = core
         scheduler = Scheduler(
-            schedules_of(cfg),
+            schedules_of(holder()),
             state=ScheduleStore(core.db),
             claimer=core.locks,
             clock=self.clock,
@@ -170,11 +187,12 @@ class Daemon:
             on_demand=core.on_demand,
             scheduler=lambda: self.scheduler,
             lock_state=core.lock_state,
+            restart_required=lambda: holder.restart_required,
             node=self.node,
             clock=self.clock,
             started_ms=self.clock.wall_ms(),
             nodes=core.nodes,
-            node_stale_ms=3 * cfg.locks.lease_ms,
+            node_stale_ms=lambda: 3 * holder().locks.lease_ms,  # locks.lease reloads
         )
         comparisons = ComparisonService(
             config=holder,
@@ -197,11 +215,18 @@ class Daemon:
             jobs=jobs,
             comparisons=comparisons,
             secrets=lambda: holder().secrets,
-            read_auth=cfg.http.read_auth,
-            max_body_bytes=cfg.http.max_body_bytes,
+            read_auth=lambda: holder().http.read_auth,
+            max_body_bytes=lambda: holder().http.max_body_bytes,
             metrics=self.metrics,
         )
         add_ui(app, clock=self.clock)
+        return app
+
+    async def _serve(self, stack: AsyncExitStack, core: Core) -> None:
+        cfg = self.holder()
+        app = self.assemble(core)
+        scheduler = self.scheduler
+        assert scheduler is not None
         app_runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=5.0, access_log=None)
         await app_runner.setup()
         stack.push_async_callback(app_runner.cleanup)
@@ -257,9 +282,9 @@ class Daemon:
         interval_s = max(1.0, 2 * self.holder().redis.connect_timeout_ms / 1000)
         while True:
             await self.clock.sleep(interval_s)
-            # FallbackLocks logs each change between up and down itself.
-            up = await core.fallback.ping()
-            self.metrics.redis_up.set(1 if up else 0)
+            # The ping reports to the health state (and so to status, readyz and the metric); it
+            # catches a change no lock call has noticed yet, e.g. Redis back while nothing runs.
+            await core.fallback.ping()
 
 
 async def run_once(

@@ -126,9 +126,19 @@ class AlreadyRunning(Busy):
 
 
 class LockedElsewhere(Busy):
-    """Another process holds the job lock."""
+    """Another process holds the job lock; ``node`` and ``run_id`` name it when known."""
 
     code = "locked_elsewhere"
+
+    def __init__(
+        self,
+        message: str,
+        retry_after_s: int = 5,
+        run_id: int | None = None,
+        node: str | None = None,
+    ) -> None:
+        super().__init__(message, retry_after_s, run_id)
+        self.node = node
 
 
 class QueueFull(Busy):

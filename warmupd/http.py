@@ -9,12 +9,11 @@ protocols live in :mod:`warmupd.services` and are re-exported here.
 from __future__ import annotations
 
 import asyncio
-import json
 import secrets as pysecrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 
@@ -24,11 +23,13 @@ from warmupd.config import Secrets
 from warmupd.errors import (
     Busy,
     InvalidRequest,
+    LockedElsewhere,
     NotFound,
     PayloadTooLarge,
     UnsupportedMediaType,
     WarmupdError,
 )
+from warmupd.json_input import decode_json
 from warmupd.logs import get_logger
 from warmupd.metrics import CONTENT_TYPE, Metrics
 from warmupd.models import Trigger
@@ -48,6 +49,7 @@ __all__ = [
 ]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -59,8 +61,10 @@ class Services:
     comparisons: ComparisonsService
     secrets: Callable[[], Secrets]
     """Called on every request: a SIGHUP reload may have replaced the secrets."""
-    read_auth: bool
-    max_body_bytes: int
+    read_auth: Callable[[], bool]
+    """Called per request, like ``secrets``: ``http.read_auth`` is reloadable."""
+    max_body_bytes: Callable[[], int]
+    """Called per request: ``http.max_body_bytes`` is reloadable."""
     metrics: Metrics
 
 
@@ -112,6 +116,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         body: dict[str, Any] = error_body(exc.code, exc.message)
         if isinstance(exc, Busy) and exc.run_id is not None:
             body["runId"] = exc.run_id
+        if isinstance(exc, LockedElsewhere) and exc.node is not None:
+            body["node"] = exc.node
         response = json_response(body, status=exc.http_status, headers=headers)
     except web.HTTPException as exc:
         response = _http_error(request, exc)
@@ -138,11 +144,10 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
 
 
 def _query(request: web.Request) -> dict[str, list[str]]:
+    raw = request.rel_url.raw_query_string
+    if "%" in raw:
+        schemas.check_query_encoding(raw)
     return {key: request.query.getall(key) for key in set(request.query.keys())}
-
-
-def _reject_nan(text: str) -> float:
-    raise InvalidRequest("body", f"{text} is not valid JSON (numbers must be finite)")
 
 
 async def read_json(request: web.Request, *, required: bool) -> object:
@@ -151,15 +156,18 @@ async def read_json(request: web.Request, *, required: bool) -> object:
     :returns: the decoded value, or ``None`` for an absent body when ``required`` is false.
     :raises PayloadTooLarge, UnsupportedMediaType, InvalidRequest:
     """
-    limit = request.app[SERVICES].max_body_bytes
+    limit = request.app[SERVICES].max_body_bytes()
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"the request body exceeds {limit} bytes")
-    try:
-        # aiohttp counts what actually arrives against client_max_size (= max_body_bytes), so a
-        # chunked body or a lying Content-Length is cut off while being read, in one call.
-        raw = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        raise PayloadTooLarge(f"the request body exceeds {limit} bytes") from None
+    # Counted here rather than by aiohttp's client_max_size, which is fixed when the application
+    # is built: a SIGHUP may change the limit. What actually arrives is counted, so a chunked
+    # body or a lying Content-Length is cut off while being read.
+    body = bytearray()
+    while chunk := await request.content.readany():
+        body += chunk
+        if len(body) > limit:
+            raise PayloadTooLarge(f"the request body exceeds {limit} bytes")
+    raw = bytes(body)
     ctype = request.content_type
     is_json = ctype == "application/json" or ctype.endswith("+json")
     if not raw.strip():
@@ -174,16 +182,7 @@ async def read_json(request: web.Request, *, required: bool) -> object:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise InvalidRequest("body", "is not valid UTF-8") from None
-    try:
-        value = json.loads(text, parse_constant=_reject_nan)
-    except json.JSONDecodeError as exc:
-        raise InvalidRequest(
-            "body", f"malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
-        ) from None
-    except (ValueError, RecursionError):
-        raise InvalidRequest(
-            "body", "is not acceptable JSON (too deep or too long a number)"
-        ) from None
+    value = decode_json(text)
     if value is None:
         # An explicit ``null`` is a body, and not an object; only an absent body means "defaults".
         raise InvalidRequest("body", "must be a JSON object")
@@ -199,7 +198,7 @@ def _guarded(scope: Scope, handler: Handler) -> Handler:
         if "job" in request.match_info:
             schemas.validate_job_name(request.match_info["job"])
         services = request.app[SERVICES]
-        check_secret(scope, request.headers, services.secrets(), read_auth=services.read_auth)
+        check_secret(scope, request.headers, services.secrets(), read_auth=services.read_auth())
         return await handler(request)
 
     return guarded
@@ -366,30 +365,39 @@ def create_app(
     jobs: JobsService,
     comparisons: ComparisonsService,
     secrets: Callable[[], Secrets],
-    read_auth: bool = False,
-    max_body_bytes: int = 1_048_576,
+    read_auth: bool | Callable[[], bool] = False,
+    max_body_bytes: int | Callable[[], int] = 1_048_576,
     metrics: Metrics | None = None,
 ) -> web.Application:
     """Build the application around its services.
 
     :param secrets: returns the current secrets; called per request so a reload takes effect at once.
+    :param read_auth: a value, or a callable asked per request (the daemon's reloadable setting).
+    :param max_body_bytes: a value, or a callable asked per request (ditto).
     :param metrics: where HTTP metrics go and what ``/metrics`` serves (a private one if omitted).
     """
-    if max_body_bytes < 1:
+    read_auth_now = read_auth if callable(read_auth) else _constant(read_auth)
+    max_body_now = max_body_bytes if callable(max_body_bytes) else _constant(max_body_bytes)
+    if max_body_now() < 1:
         raise ValueError("max_body_bytes must be positive")
+    # client_max_size only guards aiohttp's own readers; read_json enforces the live limit.
     app = web.Application(
-        middlewares=[metrics_middleware, error_middleware], client_max_size=max_body_bytes
+        middlewares=[metrics_middleware, error_middleware], client_max_size=max_body_now()
     )
     app[SERVICES] = Services(
         status=status_provider,
         jobs=jobs,
         comparisons=comparisons,
         secrets=secrets,
-        read_auth=read_auth,
-        max_body_bytes=max_body_bytes,
+        read_auth=read_auth_now,
+        max_body_bytes=max_body_now,
         metrics=metrics if metrics is not None else Metrics(),
     )
     for method, path, handler, scope in ROUTES:
         # HEAD on GET routes would be an undocumented method; 405 keeps the surface exact.
         app.router.add_route(method, _ROUTE_PATTERNS.get(path, path), _guarded(scope, handler))
     return app
+
+
+def _constant(value: T) -> Callable[[], T]:
+    return lambda: value

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -10,6 +9,7 @@ from datetime import UTC, datetime
 from warmupd.db import Database
 from warmupd.demo import demo_comparisons
 from warmupd.errors import InvalidRequest
+from warmupd.json_input import decode_json
 from warmupd.schemas import parse_comparison, validate_slug
 from warmupd.store import ComparisonStore
 
@@ -34,9 +34,13 @@ async def import_lines(db: Database, lines: Iterable[str], now_ms: int) -> Impor
         if not line.strip():
             continue
         try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            report.errors.append((number, f"invalid JSON: {exc.msg} at column {exc.colno}"))
+            # The same strict decoding as an HTTP body: duplicate keys, NaN and lone surrogates
+            # are this line's error, never a crash of the whole import.
+            obj = decode_json(line)
+        except InvalidRequest as exc:
+            report.errors.append(
+                (number, exc.message.replace("body: invalid JSON", "invalid JSON"))
+            )
             continue
         if not isinstance(obj, dict):
             report.errors.append((number, "body: must be a JSON object"))

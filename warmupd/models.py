@@ -134,9 +134,12 @@ class Acquired:
 
 @dataclass(frozen=True)
 class Held:
-    """Another owner holds the lock; ``holder`` is its description when the backend knows it."""
+    """Another owner holds the lock: its node id and run id when the backend knows them."""
 
     holder: str | None = None
+    """The holder's node id (``host:pid:hex``)."""
+    run_id: int | None = None
+    """The run the holder recorded for this lock (see ``Locks.tag_run``)."""
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,11 @@ def ref(name: str) -> Schema:
     return {"$ref": _REF + name}
 
 
+def _nullable(schema: Schema) -> Schema:
+    """An optional field: ``null`` means absent (SPEC §17)."""
+    return {**schema, "type": [schema["type"], "null"]}
+
+
 def _obj(
     props: dict[str, Schema], required: list[str] | None = None, *, extra: bool = False
 ) -> Schema:
@@ -50,7 +55,11 @@ SCHEMAS: dict[str, Schema] = {
         {
             "error": _STR,
             "message": _STR,
-            "runId": {"type": ["integer", "string"], "description": "the local holder's run"},
+            "runId": {
+                "type": ["integer", "string"],
+                "description": "the holder's run (already_running, locked_elsewhere when known)",
+            },
+            "node": {"type": "string", "description": "locked_elsewhere: the holder's node id"},
         },
         ["error", "message"],
     ),
@@ -83,8 +92,10 @@ SCHEMAS: dict[str, Schema] = {
     ),
     "TriggerBody": _obj(
         {
-            "limit": {"type": "integer", "minimum": 1, "maximum": MAX_TRIGGER_LIMIT},
-            "concurrency": {"type": "integer", "minimum": 1, "maximum": MAX_TRIGGER_CONCURRENCY},
+            "limit": _nullable({"type": "integer", "minimum": 1, "maximum": MAX_TRIGGER_LIMIT}),
+            "concurrency": _nullable(
+                {"type": "integer", "minimum": 1, "maximum": MAX_TRIGGER_CONCURRENCY}
+            ),
         },
         [],
     ),
@@ -117,7 +128,7 @@ SCHEMAS: dict[str, Schema] = {
     "WarmupBody": _obj(
         {
             "slug": {"type": "string", "pattern": SLUG_RE.pattern},
-            "dataHash": {"type": "string", "pattern": DATA_HASH_RE.pattern},
+            "dataHash": _nullable({"type": "string", "pattern": DATA_HASH_RE.pattern}),
         },
         ["slug"],
     ),
@@ -175,8 +186,8 @@ SCHEMAS: dict[str, Schema] = {
                 "uniqueItems": True,
             },
             "timeframe": {**_SHORT, "pattern": _NON_BLANK},
-            "geo": {**_SHORT, "pattern": _NO_CONTROL},
-            "category": {**_SHORT, "pattern": _NO_CONTROL},
+            "geo": _nullable({**_SHORT, "pattern": _NO_CONTROL}),
+            "category": _nullable({**_SHORT, "pattern": _NO_CONTROL}),
             "series": {
                 "type": "array",
                 "maxItems": MAX_POINTS,
@@ -196,7 +207,11 @@ SCHEMAS: dict[str, Schema] = {
     ),
     "Upserted": _obj({"slug": _STR, "dataHash": _STR}),
     "ViewsBody": _obj(
-        {"count": {"type": "integer", "minimum": 1, "maximum": MAX_VIEWS}, "at": _TIME}, []
+        {
+            "count": _nullable({"type": "integer", "minimum": 1, "maximum": MAX_VIEWS}),
+            "at": _nullable(_TIME),
+        },
+        [],
     ),
     "Views": _obj({"slug": _STR, "viewCount": _COUNT, "lastVisited": _TIME_OR_NULL}, extra=True),
     "Status": _obj(
@@ -213,6 +228,11 @@ SCHEMAS: dict[str, Schema] = {
             "jobs": {"type": "array"},
             "onDemand": _obj({"inFlight": _COUNT, "queued": _COUNT}, extra=True),
             "cache": _obj({"fresh": _COUNT, "stale": _COUNT, "expired": _COUNT}, extra=True),
+            "restartRequired": {
+                "type": "array",
+                "items": _STR,
+                "description": "config keys changed since start-up that apply only after a restart",
+            },
         },
         extra=True,
     ),

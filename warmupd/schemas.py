@@ -13,9 +13,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 from warmupd.clock import iso_to_ms
 from warmupd.errors import InvalidRequest
+from warmupd.json_input import field_name, is_unicode
 from warmupd.models import Comparison
 
 SLUG_RE = re.compile(r"^[a-z0-9-]{1,200}$")
@@ -26,7 +28,8 @@ _SHORT_TEXT = 64
 
 def validate_slug(value: object, field: str = "slug") -> str:
     """A slug: 1–200 characters of ``[a-z0-9-]`` (never reaches SQL or a file path otherwise)."""
-    if not isinstance(value, str) or not SLUG_RE.match(value):
+    # fullmatch: ``$`` alone also matches before a trailing newline ("abc\n").
+    if not isinstance(value, str) or not SLUG_RE.fullmatch(value):
         raise InvalidRequest(field, "must be 1-200 characters of a-z, 0-9 and '-'")
     return value
 
@@ -34,16 +37,22 @@ def validate_slug(value: object, field: str = "slug") -> str:
 def expect_object(
     value: object, field: str, allowed: set[str], required: frozenset[str] | set[str] = frozenset()
 ) -> dict[str, Any]:
-    """A JSON object with only ``allowed`` keys and every ``required`` key."""
+    """A JSON object with only ``allowed`` keys and every ``required`` key.
+
+    ``null`` for an optional key means absent (SPEC §17: what a JSON client sends for an unset
+    field), so the returned object lacks such keys; ``null`` for a required key is left for the
+    field's own check to refuse.
+    """
     if not isinstance(value, dict):
         raise InvalidRequest(field or "body", "must be a JSON object")
-    prefix = f"{field}." if field else ""
     for key in value:
         if key not in allowed:
-            raise InvalidRequest(f"{prefix}{key}", "unknown field")
+            raise InvalidRequest(field_name(field, key), "unknown field")
+    if None in value.values():
+        value = {k: v for k, v in value.items() if v is not None or k in required}
     for key in sorted(required):
         if key not in value:
-            raise InvalidRequest(f"{prefix}{key}", "is required")
+            raise InvalidRequest(field_name(field, key), "is required")
     return value
 
 
@@ -74,6 +83,8 @@ def expect_str(
         raise InvalidRequest(field, f"must be at most {max_len} characters")
     if any(ord(ch) < 32 for ch in value):
         raise InvalidRequest(field, "must not contain control characters")
+    if not is_unicode(value):
+        raise InvalidRequest(field, "is not valid Unicode (a lone surrogate)")
     return value
 
 
@@ -85,17 +96,21 @@ def normalise_date(value: object, field: str) -> str:
         if len(value) == 10:
             return date.fromisoformat(value).isoformat()
         dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
+        if dt.tzinfo is not None:
+            # OverflowError: an offset that moves year 1 or 9999 out of range.
+            dt = dt.astimezone(UTC).replace(tzinfo=None)
+    except (ValueError, OverflowError):
         raise InvalidRequest(field, f"{value!r} is not an ISO-8601 date") from None
-    if dt.tzinfo is not None:
-        dt = dt.astimezone(UTC).replace(tzinfo=None)
-    return dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+    # isoformat pads the year to four digits (strftime's %Y does not below 1000), so rendered
+    # dates always sort as text.
+    return dt.replace(microsecond=0).isoformat() + "Z"
 
 
 def _number(value: object, field: str) -> int | float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise InvalidRequest(field, "must be a number")
-    if not math.isfinite(value) or not 0 <= value <= 100:
+    # Range first: an integer with hundreds of digits does not fit a float (OverflowError).
+    if not 0 <= value <= 100 or not math.isfinite(value):
         raise InvalidRequest(field, "must be a finite number between 0 and 100")
     # Integral values are stored as ints so that 50 and 50.0 give the same dataHash.
     return int(value) if float(value).is_integer() else float(value)
@@ -186,7 +201,7 @@ class RunsQuery:
 
 def validate_job_name(value: object, field: str = "job") -> str:
     """A job name as the config allows it: 1–64 characters of ``[a-z0-9_-]``."""
-    if not isinstance(value, str) or not JOB_NAME_RE.match(value):
+    if not isinstance(value, str) or not JOB_NAME_RE.fullmatch(value):
         raise InvalidRequest(field, "must be 1-64 characters of a-z, 0-9, '_' and '-'")
     return value
 
@@ -242,7 +257,7 @@ def parse_warmup(body: object) -> tuple[str, str | None]:
     data_hash_: str | None = None
     if "dataHash" in obj:
         value = obj["dataHash"]
-        if not isinstance(value, str) or not DATA_HASH_RE.match(value):
+        if not isinstance(value, str) or not DATA_HASH_RE.fullmatch(value):
             raise InvalidRequest("dataHash", "must be 16 lowercase hexadecimal characters")
         data_hash_ = value
     return slug, data_hash_
@@ -255,6 +270,24 @@ def _single(query: Mapping[str, list[str]], name: str) -> str | None:
     return values[0] if values else None
 
 
+def check_query_encoding(raw_query: str) -> None:
+    """Refuse a raw query string whose percent-escapes do not decode as UTF-8 (``%ff``, or an
+    encoded surrogate such as ``%ED%A0%80``); aiohttp would silently turn them into U+FFFD.
+
+    :raises InvalidRequest: naming the parameter (``query`` when its name is what is broken).
+    """
+    for part in raw_query.split("&"):
+        name, _, value = part.partition("=")
+        try:
+            field = unquote_to_bytes(name.replace("+", " ")).decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidRequest("query", "a parameter name is not valid UTF-8") from None
+        try:
+            unquote_to_bytes(value.replace("+", " ")).decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidRequest(field_name("", field), "is not valid UTF-8") from None
+
+
 def parse_runs_query(query: Mapping[str, list[str]]) -> RunsQuery:
     """Validate the run-list query ``job, status, limit (1–500, default 50), before (runId)``.
 
@@ -263,7 +296,7 @@ def parse_runs_query(query: Mapping[str, list[str]]) -> RunsQuery:
     """
     for name in query:
         if name not in {"job", "status", "limit", "before"}:
-            raise InvalidRequest(name, "unknown query parameter")
+            raise InvalidRequest(field_name("", name), "unknown query parameter")
     job = _single(query, "job")
     status = _single(query, "status")
     limit_text = _single(query, "limit")
@@ -287,7 +320,7 @@ def parse_flag(query: Mapping[str, list[str]], name: str, allowed: set[str]) -> 
     """A boolean query flag (``true``/``false``/``1``/``0``); other parameters than ``allowed`` are errors."""
     for key in query:
         if key not in allowed:
-            raise InvalidRequest(key, "unknown query parameter")
+            raise InvalidRequest(field_name("", key), "unknown query parameter")
     text = _single(query, name)
     if text is None:
         return False

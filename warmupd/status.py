@@ -48,11 +48,12 @@ class StatusService:
         on_demand: OnDemand,
         scheduler: Callable[[], Scheduler | None],
         lock_state: Callable[[], LockState],
+        restart_required: Callable[[], list[str]] = list,
         node: str,
         clock: Clock,
         started_ms: int,
         nodes: NodeStore | None = None,
-        node_stale_ms: int = 180_000,
+        node_stale_ms: Callable[[], int] = lambda: 180_000,
     ) -> None:
         self.db = db
         self.nodes = nodes
@@ -65,6 +66,7 @@ class StatusService:
         self.on_demand = on_demand
         self._scheduler = scheduler
         self._lock_state = lock_state
+        self._restart_required = restart_required
         self.node = node
         self.clock = clock
         self.started_ms = started_ms
@@ -104,7 +106,7 @@ class StatusService:
         """Every process with a recent heartbeat on this state, this one included."""
         if self.nodes is None:
             return [self.node]
-        alive = await self.nodes.alive(self.clock.wall_ms() - self.node_stale_ms)
+        alive = await self.nodes.alive(self.clock.wall_ms() - self.node_stale_ms())
         return sorted(alive | {self.node})
 
     async def _count_cache(self, now_ms: int) -> dict[str, int]:
@@ -149,4 +151,5 @@ class StatusService:
             "jobs": jobs,
             "onDemand": {"inFlight": self.on_demand.in_flight(), "queued": self.on_demand.queued()},
             "cache": cache,
+            "restartRequired": list(self._restart_required()),
         }

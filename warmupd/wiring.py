@@ -15,10 +15,13 @@ from typing import Any
 
 from warmupd.cache import CacheStore
 from warmupd.clock import Clock
-from warmupd.config import JOB_ON_DEMAND, Config, load_config
+from warmupd.config import JOB_HOUSEKEEPING, JOB_ON_DEMAND, Config, load_config
 from warmupd.db import Database
 from warmupd.errors import ConfigError
-from warmupd.jobs import build_jobs
+from warmupd.health import Health
+from warmupd.jobs import build_jobs, node_stale_ms
+from warmupd.jobs.base import Job
+from warmupd.jobs.housekeeping import HousekeepingJob
 from warmupd.jobs.ondemand import OnDemand
 from warmupd.jobs.parts import Warmer
 from warmupd.jobs.runner import JobRunner, Progress
@@ -33,6 +36,8 @@ from warmupd.pool import ProcessPool
 from warmupd.producers import InsightsProducer
 from warmupd.producers.insights_builtin import BuiltinInsights
 from warmupd.producers.insights_openai import OpenAIInsights
+from warmupd.producers.swap import SwappableInsights
+from warmupd.reload import split_reload
 from warmupd.runs import NodeStore, RunStore, recover_abandoned
 from warmupd.scheduler import JobSchedule
 from warmupd.status import LockState
@@ -47,19 +52,27 @@ class ConfigHolder:
     def __init__(self, config: Config, path: str | None) -> None:
         self.current = config
         self.path = path
+        self.restart_required: list[str] = []
+        """Keys whose value in the file differs from the running one until a restart (SPEC §17)."""
 
     def __call__(self) -> Config:
         return self.current
 
     def reload(self) -> Config | None:
-        """Re-read the file; returns the new config, or None (old kept) when it is invalid."""
+        """Re-read the file; returns the config now in force, or None (old kept) when invalid.
+
+        Restart-only settings (:data:`warmupd.reload.RESTART_ONLY`) keep their running values;
+        the keys whose file value differs are in :attr:`restart_required`, each logged.
+        """
         try:
             new = load_config(self.path)
         except ConfigError as exc:
             log.error("config.reload_rejected", error=exc)  # noqa: TRY400 - the message is the whole story
             return None
-        self.current = new
-        return new
+        self.current, self.restart_required = split_reload(self.current, new)
+        for key in self.restart_required:
+            log.warning("reload.restart_required", key=key)
+        return self.current
 
 
 def schedules_of(config: Config) -> list[JobSchedule]:
@@ -123,17 +136,41 @@ class Core:
     runner: JobRunner
     on_demand: OnDemand
     pauses: PauseStore
+    health: Health
+    insights: SwappableInsights
+    jobs: dict[str, Job[Any]]
     background: list[asyncio.Task[Any]] = field(default_factory=list)
 
+    def apply(self, old: Config, new: Config) -> None:
+        """Put the in-place settings of a reloaded config into the running components (SIGHUP).
+
+        Everything else either is read from the config holder when used (job settings, secrets,
+        lease, ``read_auth``, ``max_body_bytes``, queue bound, shutdown grace) or needs a restart
+        (:data:`warmupd.reload.RESTART_ONLY`). A run in progress keeps the job settings it started
+        with; an item computed after the reload uses the new TTLs and forecast settings.
+        """
+        self.warmer.cache_config = new.cache
+        self.warmer.forecast_config = new.forecast
+        self.on_demand.set_concurrency(new.on_demand.concurrency)
+        if self.fallback is not None:
+            self.fallback.policy = new.redis.on_unavailable
+        housekeeping = self.jobs.get(JOB_HOUSEKEEPING)
+        if isinstance(housekeeping, HousekeepingJob):
+            housekeeping.stale_ttl_ms = new.cache.stale_ttl_ms
+            housekeeping.node_stale_ms = node_stale_ms(new)
+        if new.ai != old.ai:
+            # Calls in flight finish on the old producer, which is closed after the last of them.
+            self.insights.swap(make_insights(new, self.pool))
+            log.info("ai.reloaded", provider=new.ai.provider, model=self.insights.model)
+
     def lock_state(self) -> LockState:
-        """Where locks go now and whether Redis answers."""
+        """Where locks go now and whether Redis answers: read from the one health state."""
         if self.fallback is None:
-            return LockState(backend="sqlite", redis="unconfigured", usable=True)
-        up = self.fallback.redis_up
+            return LockState(backend="sqlite", redis=self.health.redis, usable=True)
         return LockState(
             backend=self.fallback.backend,
-            redis="up" if up else "down",
-            usable=up or self.fallback.policy == "sqlite",
+            redis=self.health.redis,
+            usable=self.health.redis_up or self.fallback.policy == "sqlite",
         )
 
 
@@ -164,19 +201,22 @@ async def build_core(
     sqlite_locks = SqliteLocks(db, clock, node)
     locks: Locks = sqlite_locks
     fallback = None
+    health = Health(redis_configured=bool(cfg.redis.url))
+    # The metric follows the health state synchronously, so it can never lag status or readyz.
+    health.subscribe(lambda up: metrics.redis_up.set(1 if up else 0))
     if cfg.redis.url:
         redis_locks = RedisLocks(
             cfg.redis.url, cfg.redis.key_prefix, cfg.redis.connect_timeout_ms / 1000, clock, node
         )
         stack.push_async_callback(redis_locks.close)
-        fallback = FallbackLocks(redis_locks, sqlite_locks, cfg.redis.on_unavailable)
+        fallback = FallbackLocks(redis_locks, sqlite_locks, cfg.redis.on_unavailable, health=health)
         locks = fallback
         try:
             for warning in await redis_locks.check_server():
                 log.warning("redis.check", warning=warning)
         except Exception as exc:  # noqa: BLE001 - Redis being down at start-up is not fatal
             log.warning("redis.unreachable", error=type(exc).__name__)
-        metrics.redis_up.set(1 if await fallback.ping() else 0)
+        await fallback.ping()
     locks.on_acquire = observe
     stack.push_async_callback(locks.close)
 
@@ -187,7 +227,8 @@ async def build_core(
             clock=clock,
         )
     )
-    insights = make_insights(cfg, pool)
+    # Swappable: a reload that changes [ai] puts a new producer in place (Core.apply).
+    insights = SwappableInsights(make_insights(cfg, pool))
     stack.push_async_callback(insights.close)
     cache, comparisons, warmups = CacheStore(db), ComparisonStore(db), WarmupStore(db)
     warmer = Warmer(
@@ -263,4 +304,7 @@ async def build_core(
         runner=runner,
         on_demand=on_demand,
         pauses=pauses,
+        health=health,
+        insights=insights,
+        jobs=jobs,
     )

@@ -37,7 +37,12 @@ def build_jobs(
             nodes=nodes,
             purge_locks=purge_locks,
             stale_ttl_ms=config.cache.stale_ttl_ms,
-            node_stale_ms=max(3 * config.locks.lease_ms, 3_600_000),
+            node_stale_ms=node_stale_ms(config),
         ),
     ]
     return {job.name: job for job in jobs}
+
+
+def node_stale_ms(config: Config) -> int:
+    """After how long without a heartbeat housekeeping forgets a node (3 leases, at least 1 h)."""
+    return max(3 * config.locks.lease_ms, 3_600_000)

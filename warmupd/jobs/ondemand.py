@@ -20,6 +20,7 @@ from warmupd.config import JOB_ON_DEMAND, Config
 from warmupd.errors import NotFound, QueueFull, StaleDataHash, WarmupdError
 from warmupd.jobs.base import Fencing, ItemResult
 from warmupd.jobs.parts import PARTS, Warmer
+from warmupd.jobs.slots import Slots
 from warmupd.locks import Locks, renewing
 from warmupd.logs import get_logger
 from warmupd.metrics import Metrics
@@ -67,10 +68,15 @@ class OnDemand:
         self.node = node
         self.metrics = metrics
         self._flights: dict[_Key, _Flight] = {}
-        self._slots = asyncio.Semaphore(config().on_demand.concurrency)
+        self._slots = Slots(config().on_demand.concurrency)
         self._accepting = True
         self.computations = 0
         """How many warmups actually computed something (the single-flight benchmark reads it)."""
+
+    def set_concurrency(self, concurrency: int) -> None:
+        """Apply a reloaded ``on_demand.concurrency``: waiting warmups start at once if it grew;
+        if it shrank, running ones finish and no new one starts until fewer are running."""
+        self._slots.resize(concurrency)
 
     # ----------------------------------------------------------------- request path
 

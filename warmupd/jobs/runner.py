@@ -29,9 +29,10 @@ from warmupd.errors import (
 from warmupd.jobs.base import Fencing, ItemOutcome, ItemResult, Job, RunSettings
 from warmupd.jobs.run_state import ActiveRun, Tally
 from warmupd.locks import Locks, renewing
+from warmupd.locks.holder import describe_holder
 from warmupd.logs import get_logger
 from warmupd.metrics import Metrics
-from warmupd.models import Acquired, Fire, Held, RunRecord, RunStatus, Trigger
+from warmupd.models import Acquired, Fire, Held, Lease, RunRecord, RunStatus, Trigger
 from warmupd.runs import RunStore
 from warmupd.scheduler_loop import Misfire
 
@@ -164,9 +165,13 @@ class JobRunner:
         started = self.clock.monotonic()
         result = await self.locks.acquire(definition.lock_key, cfg.locks.lease_ms)
         if isinstance(result, Held):
+            held_by = {"heldBy": result.holder, "heldByRunId": result.run_id}
+            metadata.update((k, v) for k, v in held_by.items() if v is not None)
             await self._record_skipped(job, trigger, "locked_elsewhere", metadata)
             raise LockedElsewhere(
-                f"{job} is running in another process ({result.holder or 'unknown'})"
+                f"{job} is running in another process ({describe_holder(result)})",
+                run_id=result.run_id,
+                node=result.holder,
             )
         if not isinstance(result, Acquired):
             reason = result.reason if result.reason == "redis_unavailable" else "lock_unavailable"
@@ -181,6 +186,7 @@ class JobRunner:
         except BaseException:
             await self.locks.release(lease)
             raise
+        await self._tag(lease, job, run_id)
         if not self._accepting:
             # SIGTERM arrived while the lock was being taken: record the run, do not start it.
             await self.locks.release(lease)
@@ -194,6 +200,13 @@ class JobRunner:
             name=f"run:{job}:{run_id}",
         )
         return RunHandle(run_id, job, active.task)
+
+    async def _tag(self, lease: Lease, job: str, run_id: int) -> None:
+        """Store the run id beside the lease so another process's 429 can name it (best effort)."""
+        try:
+            await self.locks.tag_run(lease, run_id)
+        except ServiceUnavailable as exc:
+            log.warning("lock_tag_failed", job=job, run=run_id, error=type(exc).__name__)
 
     async def _record_skipped(
         self, job: str, trigger: Trigger, reason: str, metadata: dict[str, Any]

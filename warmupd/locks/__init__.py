@@ -20,6 +20,10 @@ The contract, written once here:
 - **Fencing.** :attr:`~warmupd.models.Lease.fence` strictly increases with every successful
   acquisition of a key, across releases, takeovers and any housekeeping; a writer passes it with
   its writes so a stale holder's write can be rejected downstream (the cache store does).
+- **Holder.** Every acquisition stores this process's node id beside the lease, in the same round
+  trip; :meth:`Locks.tag_run` adds the run id once the holder has recorded its run. A refused
+  acquire answers ``Held(node, run_id)`` with what was stored (informational: it may be a moment
+  stale), so a 429 can say who holds the lock.
 - **Fire claims.** :meth:`Locks.claim_fire` is set-if-absent on ``(job, due_ms)``: across every
   process sharing the backend exactly one claimer wins while the claim lives (``ttl_ms``).
 
@@ -39,6 +43,7 @@ from typing import Final
 
 from warmupd.clock import Clock
 from warmupd.errors import LockedElsewhere, LockLost, ServiceUnavailable
+from warmupd.locks.holder import describe_holder
 from warmupd.logs import get_logger
 from warmupd.models import Acquired, AcquireResult, Held, Lease, Unavailable
 
@@ -203,6 +208,17 @@ class Locks(abc.ABC):
         :returns: True when this process's claim was removed.
         :raises ServiceUnavailable: when the backend could not be asked.
         """
+
+    async def tag_run(self, lease: Lease, run_id: int) -> bool:
+        """Record that ``run_id`` holds ``lease``, so a refused acquirer can name it (best effort).
+
+        Owner-checked like :meth:`renew`: it never touches another owner's lock. The default keeps
+        nothing and answers False; the backends store it beside the lease.
+
+        :returns: True when stored.
+        :raises ServiceUnavailable: when the backend could not be asked.
+        """
+        return False
 
     def fence_key(self, lease: Lease) -> str:
         """The lineage of ``lease.fence`` for fenced writes (``CacheStore.put(fence_key=...)``).
@@ -417,7 +433,11 @@ async def hold(
     started = clock.monotonic()
     result = await locks.acquire(key, lease_ms)
     if isinstance(result, Held):
-        raise LockedElsewhere(f"lock {key!r} is held elsewhere")
+        raise LockedElsewhere(
+            f"lock {key!r} is held elsewhere ({describe_holder(result)})",
+            run_id=result.run_id,
+            node=result.holder,
+        )
     if isinstance(result, Unavailable):
         raise ServiceUnavailable(f"lock backend unavailable ({result.reason})")
     async with renewing(

@@ -22,8 +22,10 @@ Design — **SQLite first, then Redis, with one token and the SQLite fence**:
 - Fire claims are SQLite first, then Redis. With Redis unavailable the SQLite claim alone decides
   (under either policy: the claimer then meets the policy at the job lock, so a ``skip`` fire is
   recorded once per host instead of once per process).
-- ``redis_up`` follows every Redis answer (and :meth:`FallbackLocks.ping`); new locks go back to
-  Redis as soon as it answers again — each acquire asks it.
+- Every Redis answer and every failed Redis call (and :meth:`FallbackLocks.ping`) is reported to
+  the daemon's one :class:`~warmupd.health.Health` at that moment, so status, readiness and
+  ``warmupd_redis_up`` change together; new locks go back to Redis as soon as it answers again —
+  each acquire asks it.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import secrets
 from dataclasses import replace
 
 from warmupd.errors import ServiceUnavailable
+from warmupd.health import Health
 from warmupd.locks import AcquireObserver, Locks, spawn_background
 from warmupd.locks.redis import RedisLocks
 from warmupd.locks.sqlite import SqliteLocks
@@ -50,6 +53,7 @@ class FallbackLocks(Locks):
     :param redis: the Redis backend; :param sqlite: the SQLite backend (neither is closed by
         :meth:`close`: whoever created them closes them).
     :param policy: ``sqlite`` (fall back to SQLite-only leases, degraded) or ``skip``.
+    :param health: the health state to report Redis outcomes to (a private one if omitted).
     :raises ValueError: for an unknown policy.
     """
 
@@ -59,6 +63,7 @@ class FallbackLocks(Locks):
         sqlite: SqliteLocks,
         policy: str,
         *,
+        health: Health | None = None,
         on_acquire: AcquireObserver | None = None,
     ) -> None:
         if policy not in POLICIES:
@@ -67,8 +72,13 @@ class FallbackLocks(Locks):
         self._redis = redis
         self._sqlite = sqlite
         self.policy = policy
-        self.redis_up = True
+        self.health = health if health is not None else Health(redis_configured=True)
+        """Where every Redis outcome is reported (the daemon passes its one health state)."""
+
+    @property
+    def redis_up(self) -> bool:
         """Whether Redis answered the last request (``warmupd_redis_up``)."""
+        return self.health.redis_up
 
     @property
     def degraded(self) -> bool:
@@ -81,9 +91,8 @@ class FallbackLocks(Locks):
         return "sqlite" if self.degraded and self.policy == "sqlite" else "redis"
 
     def _mark(self, up: bool) -> None:
-        if up != self.redis_up:
+        if self.health.observe_redis(up):
             log.warning("redis.up" if up else "redis.down", policy=self.policy)
-        self.redis_up = up
 
     def _part(self, lease: Lease, backend: str) -> Lease:
         return replace(lease, backend=backend)
@@ -155,6 +164,19 @@ class FallbackLocks(Locks):
         local = await self._sqlite.release(self._part(lease, "sqlite"))
         if error is not None:
             raise error
+        return local and remote
+
+    async def tag_run(self, lease: Lease, run_id: int) -> bool:
+        """See :meth:`Locks.tag_run`: in SQLite, and in Redis too for a ``redis`` lease."""
+        local = await self._sqlite.tag_run(self._part(lease, "sqlite"), run_id)
+        if lease.backend != "redis":
+            return local
+        try:
+            remote = await self._redis.tag_run(lease, run_id)
+        except ServiceUnavailable:
+            self._mark(False)
+            raise
+        self._mark(True)
         return local and remote
 
     async def claim_fire(self, job: str, due_ms: int, ttl_ms: int) -> bool:

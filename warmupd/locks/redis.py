@@ -3,8 +3,9 @@
 Details of the :class:`~warmupd.locks.Locks` contract here:
 
 - **Keys.** Lock ``name`` lives in ``{prefix}{name}:lock`` (value: the owner token, ``PX``
-  lease) and its fence in ``{prefix}{name}:fence`` (an ``INCR`` counter with no TTL); the braces
-  are a Redis Cluster hash tag so both land in one slot. A fire claim is
+  lease), its holder's description in ``{prefix}{name}:holder`` (same lifetime as the lock) and its
+  fence in ``{prefix}{name}:fence`` (an ``INCR`` counter with no TTL); the braces are a Redis
+  Cluster hash tag so all three land in one slot. A fire claim is
   ``{prefix}{job}:fire:{due_ms}``.
 - **Scripts.** Acquire, renew, release and claim are Lua scripts (atomic on the server). Acquire and
   claim are idempotent for their own token, so redis-py's retry after a lost reply answers "acquired
@@ -35,35 +36,57 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from warmupd.clock import Clock
 from warmupd.errors import ServiceUnavailable
-from warmupd.locks import AcquireObserver, Locks, check_key, release_surely, spawn_background
+from warmupd.locks import (
+    AcquireObserver,
+    Locks,
+    check_key,
+    release_surely,
+    spawn_background,
+)
+from warmupd.locks.holder import holder_text, parse_holder
 from warmupd.logs import get_logger
-from warmupd.models import Acquired, AcquireResult, Held, Lease, Unavailable
+from warmupd.models import Acquired, AcquireResult, Lease, Unavailable
 
 log = get_logger("warmupd.locks.redis")
 
-# KEYS[1]=lock, KEYS[2]=fence; ARGV[1]=token, ARGV[2]=lease_ms -> fence (>0) or 0 when held.
+# KEYS[1]=lock, KEYS[2]=fence, KEYS[3]=holder; ARGV[1]=token, ARGV[2]=lease_ms, ARGV[3]=holder
+# text -> {fence, ''} when acquired, {0, stored holder text or ''} when held.
 _ACQUIRE = """
 local cur = redis.call('GET', KEYS[1])
 if cur == ARGV[1] then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return tonumber(redis.call('GET', KEYS[2]) or '0')
+  redis.call('PEXPIRE', KEYS[3], ARGV[2])
+  return {tonumber(redis.call('GET', KEYS[2]) or '0'), ''}
 end
-if cur then return 0 end
+if cur then return {0, redis.call('GET', KEYS[3]) or ''} end
 local fence = redis.call('INCR', KEYS[2])
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return fence
+redis.call('SET', KEYS[3], ARGV[3], 'PX', ARGV[2])
+return {fence, ''}
 """
 
-# KEYS[1]=lock; ARGV[1]=token, ARGV[2]=lease_ms -> 1 renewed, 0 lost.
+# KEYS[1]=lock, KEYS[2]=holder; ARGV[1]=token, ARGV[2]=lease_ms -> 1 renewed, 0 lost.
 _RENEW = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
 return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 """
 
-# KEYS[1]=lock; ARGV[1]=token -> 1 released, 0 not ours (expired or taken).
+# KEYS[1]=lock, KEYS[2]=holder; ARGV[1]=token -> 1 released, 0 not ours (expired or taken).
 _RELEASE = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[2])
 return redis.call('DEL', KEYS[1])
+"""
+
+# KEYS[1]=lock, KEYS[2]=holder; ARGV[1]=token, ARGV[2]=holder text -> 1 stored, 0 not ours.
+# The holder key gets the lock's remaining lifetime, so the two expire together.
+_TAG = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl <= 0 then return 0 end
+redis.call('SET', KEYS[2], ARGV[2], 'PX', ttl)
+return 1
 """
 
 # KEYS[1]=claim; ARGV[1]=claim token, ARGV[2]=ttl_ms -> 1 claimed (now or by this token before), 0.
@@ -134,11 +157,16 @@ class RedisLocks(Locks):
         self._renew_script = self._client.register_script(_RENEW)
         self._release_script = self._client.register_script(_RELEASE)
         self._claim_script = self._client.register_script(_CLAIM)
+        self._tag_script = self._client.register_script(_TAG)
         self._unclaim_script = self._client.register_script(_UNCLAIM)
 
     def lock_key(self, key: str) -> str:
         """The Redis key of lock ``key``."""
         return f"{self._prefix}{{{key}}}:lock"
+
+    def holder_key(self, key: str) -> str:
+        """The Redis key holding the description of lock ``key``'s holder (node, run id)."""
+        return f"{self._prefix}{{{key}}}:holder"
 
     def fence_counter_key(self, key: str) -> str:
         """The Redis key of lock ``key``'s fence counter."""
@@ -154,8 +182,9 @@ class RedisLocks(Locks):
     async def _acquire_token(self, key: str, lease_ms: int, token: str) -> AcquireResult:
         """Acquire with a caller-chosen token (``FallbackLocks`` uses one token in both)."""
         try:
-            fence = await self._acquire_script(
-                keys=[self.lock_key(key), self.fence_counter_key(key)], args=[token, lease_ms]
+            fence, holder = await self._acquire_script(
+                keys=[self.lock_key(key), self.fence_counter_key(key), self.holder_key(key)],
+                args=[token, lease_ms, holder_text(self._node)],
             )
         except asyncio.CancelledError:
             # The script may have run with the reply lost to the cancellation.
@@ -168,13 +197,14 @@ class RedisLocks(Locks):
             return Acquired(
                 Lease(key=key, token=token, fence=int(fence), backend=self.name, lease_ms=lease_ms)
             )
-        return Held(None)
+        return parse_holder(holder)
 
     async def renew(self, lease: Lease) -> bool:
         """See :meth:`Locks.renew`."""
         try:
             ok = await self._renew_script(
-                keys=[self.lock_key(lease.key)], args=[lease.token, lease.lease_ms]
+                keys=[self.lock_key(lease.key), self.holder_key(lease.key)],
+                args=[lease.token, lease.lease_ms],
             )
         except _ERRORS as exc:
             raise ServiceUnavailable(f"redis renew failed: {type(exc).__name__}") from exc
@@ -186,9 +216,22 @@ class RedisLocks(Locks):
 
     async def _release_token(self, key: str, token: str) -> bool:
         try:
-            ok = await self._release_script(keys=[self.lock_key(key)], args=[token])
+            ok = await self._release_script(
+                keys=[self.lock_key(key), self.holder_key(key)], args=[token]
+            )
         except _ERRORS as exc:
             raise ServiceUnavailable(f"redis release failed: {type(exc).__name__}") from exc
+        return int(ok) == 1
+
+    async def tag_run(self, lease: Lease, run_id: int) -> bool:
+        """See :meth:`Locks.tag_run`: one script, owner-checked, with the lock's remaining TTL."""
+        try:
+            ok = await self._tag_script(
+                keys=[self.lock_key(lease.key), self.holder_key(lease.key)],
+                args=[lease.token, holder_text(self._node, run_id)],
+            )
+        except _ERRORS as exc:
+            raise ServiceUnavailable(f"redis tag failed: {type(exc).__name__}") from exc
         return int(ok) == 1
 
     async def claim_fire(self, job: str, due_ms: int, ttl_ms: int) -> bool:

@@ -25,7 +25,14 @@ import secrets
 from warmupd.clock import Clock
 from warmupd.db import Database, DatabaseError, is_busy_error
 from warmupd.errors import ServiceUnavailable
-from warmupd.locks import AcquireObserver, Locks, check_key, release_surely, spawn_background
+from warmupd.locks import (
+    AcquireObserver,
+    Locks,
+    check_key,
+    release_surely,
+    spawn_background,
+)
+from warmupd.locks.holder import holder_text, parse_holder
 from warmupd.models import Acquired, AcquireResult, Held, Lease, Unavailable
 
 _ACQUIRE = """
@@ -50,6 +57,11 @@ WHERE key = :key AND owner = :owner AND expires_at > :now
 
 _RELEASE = """
 UPDATE locks SET owner = '', expires_at = 0, holder = ''
+WHERE key = :key AND owner = :owner AND expires_at > :now
+"""
+
+_TAG = """
+UPDATE locks SET holder = :holder
 WHERE key = :key AND owner = :owner AND expires_at > :now
 """
 
@@ -112,17 +124,27 @@ class SqliteLocks(Locks):
                 key=key, token=token, fence=int(row[0]), backend=self.name, lease_ms=lease_ms
             )
             return Acquired(lease)
-        return Held(await self._holder(key))
+        return await self._holder(key)
 
-    async def _holder(self, key: str) -> str | None:
+    async def _holder(self, key: str) -> Held:
         # Informational only and read after the failed acquire, so it may already be stale.
         try:
             row = await self._db.fetchone("SELECT holder FROM locks WHERE key = ?", (key,))
         except DatabaseError as exc:
             if is_busy_error(exc):
-                return None
+                return Held(None)
             raise
-        return str(row[0]) if row is not None and row[0] else None
+        return parse_holder(str(row[0]) if row is not None and row[0] else None)
+
+    async def tag_run(self, lease: Lease, run_id: int) -> bool:
+        """See :meth:`Locks.tag_run`: the ``holder`` column becomes ``<node> run <id>``."""
+        params = {
+            "key": lease.key,
+            "owner": lease.token,
+            "now": self._clock.wall_ms(),
+            "holder": holder_text(self._node, run_id),
+        }
+        return await self._write(_TAG, params) == 1
 
     async def _write(self, sql: str, params: dict[str, object]) -> int:
         try:

@@ -27,12 +27,21 @@ class InsightsProducer(Protocol):
     to record (no secrets) and never anything that should stop the job.
     """
 
-    provider: str
-    """``"builtin"`` or ``"openai"``: recorded in the output and the cache entry."""
-    model: str
-    """The model name (``"builtin-1"`` for the templates)."""
-    prompt_version: str
-    """Part of the insights cache key: a new prompt regenerates insights, never forecasts."""
+    # Read-only properties in the protocol, so a forwarding wrapper (producers.swap) fits it too.
+    @property
+    def provider(self) -> str:
+        """``"builtin"`` or ``"openai"``: recorded in the output and the cache entry."""
+        ...
+
+    @property
+    def model(self) -> str:
+        """The model name (``"builtin-1"`` for the templates)."""
+        ...
+
+    @property
+    def prompt_version(self) -> str:
+        """Part of the insights cache key: a new prompt regenerates insights, never forecasts."""
+        ...
 
     async def insights(self, comparison: Comparison, *, now_ms: int) -> dict[str, Any]:
         """The insights pack for ``comparison``, stamped ``generatedAt = now_ms``.

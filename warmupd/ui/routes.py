@@ -71,8 +71,8 @@ def _page(template: str, request: web.Request, code: int = 200, **context: Any) 
         render(
             template,
             version=__version__,
-            read_auth=services.read_auth,
-            logged_in=services.read_auth and _has_session(request),
+            read_auth=services.read_auth(),
+            logged_in=services.read_auth() and _has_session(request),
             now_ms=request.app[CLOCK].wall_ms(),
             path=request.path,
             **context,
@@ -98,7 +98,7 @@ def _guard(handler: Page) -> Page:
 
     async def guarded(request: web.Request) -> web.StreamResponse:
         services = request.app[SERVICES]
-        if services.read_auth and not _has_session(request):
+        if services.read_auth() and not _has_session(request):
             target = request.path_qs if request.path_qs.startswith("/ui") else "/ui"
             return _see_other("/ui/login?" + urlencode({"next": target}))
         try:
