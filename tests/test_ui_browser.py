@@ -112,7 +112,7 @@ class Watched:
             ),
         )
         self.page.on("pageerror", lambda e: self.problems.append(f"page error: {e}"))
-        self.page.on("requestfailed", lambda r: self.problems.append(f"failed: {r.url}"))
+        self.page.on("requestfailed", self._on_request_failed)
         self.page.on(
             "response",
             lambda r: self.problems.append(f"{r.status}: {r.url}") if r.status >= 400 else None,
@@ -123,6 +123,13 @@ class Watched:
             dialog.dismiss()
 
         self.page.on("dialog", on_dialog)
+
+    def _on_request_failed(self, request: Any) -> None:
+        # A live-refresh poll still in flight when the test navigates to the next page is aborted
+        # by the browser (net::ERR_ABORTED): that is navigation, not a failure of the daemon.
+        if request.failure == "net::ERR_ABORTED" and request.resource_type in ("fetch", "xhr"):
+            return
+        self.problems.append(f"failed: {request.url} ({request.failure})")
 
     def open(self, url: str) -> Any:
         response = self.page.goto(url, wait_until="load")
