@@ -205,7 +205,10 @@ async def build_core(
         nodes=nodes,
         warmer=warmer,
         purge_locks=sqlite_locks.purge_expired,
+        clock=clock,
     )
+    for job in jobs.values():
+        stack.push_async_callback(job.close)
     for name in [*jobs, JOB_ON_DEMAND]:
         metrics.declare_job(name)
     for name in jobs:
