@@ -40,6 +40,8 @@ from warmupd.jobs.kinds.sitemap import (
 from warmupd.logs import register_secret
 
 MAX_REDIRECTS = 5
+# aiohttp raises on the redirect that reaches its max_redirects, so following 5 needs 6.
+_CLIENT_MAX_REDIRECTS = MAX_REDIRECTS + 1
 MAX_ATTEMPTS = 3
 """A URL answered 429/503 with ``Retry-After`` is asked again after the pause, this many times in all."""
 
@@ -212,7 +214,9 @@ class HttpJob(Job[Target]):
 
     async def _download(self, url: str) -> bytes:
         headers = {**self._headers, "Accept-Encoding": "gzip"}
-        async with self._client().get(url, headers=headers, max_redirects=MAX_REDIRECTS) as resp:
+        async with self._client().get(
+            url, headers=headers, max_redirects=_CLIENT_MAX_REDIRECTS
+        ) as resp:
             if resp.status != 200:
                 raise SitemapError(f"HTTP {resp.status}")
             data = bytearray()
@@ -249,7 +253,10 @@ class HttpJob(Job[Target]):
         try:
             async with asyncio.timeout(self._timeout_s):
                 async with self._client().request(
-                    self._spec.method, url, headers=self._headers, max_redirects=MAX_REDIRECTS
+                    self._spec.method,
+                    url,
+                    headers=self._headers,
+                    max_redirects=_CLIENT_MAX_REDIRECTS,
                 ) as resp:
                     async for chunk in resp.content.iter_chunked(CHUNK_BYTES):
                         self._bytes += len(chunk)
@@ -267,7 +274,9 @@ class HttpJob(Job[Target]):
         if isinstance(exc, aiohttp.TooManyRedirects):
             return f"too many redirects (more than {MAX_REDIRECTS})"
         if isinstance(exc, aiohttp.ClientConnectorError):
-            return f"cannot connect: {exc.os_error.strerror or exc.os_error}"
+            err = exc.os_error
+            # asyncio's strerror is "Connect call failed (…)"; the errno says what happened.
+            return f"cannot connect: {os.strerror(err.errno) if err.errno else err}"
         return self._scrub(f"{type(exc).__name__}: {exc}")
 
     def _scrub(self, text: str) -> str:
