@@ -55,11 +55,14 @@ def test_http_job_with_every_key() -> None:
     assert isinstance(spec, HttpKind)
     assert spec.rate_per_s == 2.0
     assert spec.allow_hosts == ("cdn.example.com",)
-    assert spec.expected(200) and spec.expected(301) and not spec.expected(204)
+    assert spec.expected(200)
+    assert spec.expected(301)
+    assert not spec.expected(204)
     assert (cfg.concurrency, cfg.limit, cfg.item_timeout_ms) == (4, 500, 5_000)
     defaults = job("plain", HTTP)
     assert (defaults.concurrency, defaults.limit) == (8, 100_000)
-    assert defaults.spec.expected(399) and not defaults.spec.expected(404)
+    assert defaults.spec.expected(399)
+    assert not defaults.spec.expected(404)
 
 
 def test_command_job_with_every_key() -> None:
