@@ -64,6 +64,13 @@ def main() -> int:
         (where / "ready").write_text(str(os.getpgid(0)))
         while True:
             time.sleep(1)
+    if mode == "wait-for":
+        # Runs until the test creates the file: a run that stays in progress as long as needed.
+        (where / "ready").write_text("yes")
+        while not Path(args[0]).exists():
+            time.sleep(0.02)
+        print("done waiting")
+        return 0
     if mode == "sleep":
         time.sleep(float(args[0]))
         return 0
