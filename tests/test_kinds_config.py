@@ -182,3 +182,30 @@ def test_check_config_shows_the_next_fires_of_kind_jobs(
     out = capsys.readouterr().out
     assert "  rebuild-search-index [0 3 * * * UTC]" in out
     assert "  warm-site [30 4 * * * UTC]" in out
+
+
+def test_reload_applies_a_changed_kind_job_but_refuses_a_new_one(tmp_path: Path) -> None:
+    from warmupd.config import load_config
+    from warmupd.wiring import ConfigHolder
+
+    file = tmp_path / "warmupd.toml"
+    file.write_text(
+        '[jobs.site]\nkind = "http"\nschedule = "@daily"\nurls = ["https://a.example/"]\n'
+    )
+    holder = ConfigHolder(load_config(file, env={}), str(file))
+    file.write_text(
+        '[jobs.site]\nkind = "http"\nschedule = "@hourly"\nurls = ["https://b.example/"]\n'
+    )
+    new = holder.reload()
+    assert new is not None
+    assert new.jobs["site"].schedule == "@hourly"
+    assert holder().jobs["site"].spec == HttpKind(urls=("https://b.example/",))
+    file.write_text(
+        file.read_text()
+        + '[jobs.more]\nkind = "command"\nschedule = "@daily"\ncommand = ["true"]\n'
+    )
+    assert holder.reload() is None
+    assert "more" not in holder().jobs
+    file.write_text('[jobs.site]\nkind = "command"\nschedule = "@daily"\ncommand = ["true"]\n')
+    assert holder.reload() is None
+    assert holder().jobs["site"].kind == "http"

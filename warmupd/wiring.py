@@ -57,6 +57,15 @@ class ConfigHolder:
         except ConfigError as exc:
             log.error("config.reload_rejected", error=exc)  # noqa: TRY400 - the message is the whole story
             return None
+        kinds = {name: job.kind for name, job in new.jobs.items()}
+        if kinds != {name: job.kind for name, job in self.current.jobs.items()}:
+            # The runner's jobs are built once at start-up: a job added, removed or given another
+            # kind would be scheduled without a job to run it (or run with the wrong one).
+            log.error(
+                "config.reload_rejected",
+                error="jobs: adding or removing a job, or changing its kind, needs a restart",
+            )
+            return None
         self.current = new
         return new
 
