@@ -87,7 +87,13 @@ def test_post_runs_it_the_run_log_and_metrics_show_it(
     assert [r["id"] for r in body["runs"]] == [record["id"]]
     status, body, _ = daemon.request("GET", f"/api/jobs/runs/{record['id']}")
     assert body["status"] == "success"
-    jobs = {j["name"]: j for j in daemon.request("GET", "/api/jobs")[1]["jobs"]}
+
+    def listed() -> dict[str, Any] | None:
+        jobs = {j["name"]: j for j in daemon.request("GET", "/api/jobs")[1]["jobs"]}
+        # nextRunAt is null until the scheduler has loaded the job's state.
+        return jobs["mine"] if jobs["mine"]["nextRunAt"] else None
+
+    jobs = {"mine": wait_until(listed)}
     assert jobs["mine"]["schedule"] == NEVER
     assert jobs["mine"]["nextRunAt"].endswith("-01-01T00:00:00.000Z")
     assert jobs["mine"]["lastRun"]["id"] == record["id"]
