@@ -369,3 +369,66 @@ async def test_headers_env_values_are_sent_and_never_logged_or_stored(
     await world.db.close()
     for path in world.tmp.glob("w.db*"):
         assert SECRET_TOKEN.encode() not in path.read_bytes()
+
+
+async def test_index_children_on_another_host_are_skipped_and_shared_children_read_once(
+    world: World,
+) -> None:
+    site, other = world.site, world.other
+    site.page("/p")
+    other.sitemap("/foreign.xml", urlset([other.url("/x")]))
+    site.sitemap("/one.xml", urlset([site.url("/p")]))
+    site.sitemap("/two.xml", sitemapindex([site.url("/one.xml")]))
+    site.sitemap(
+        "/index.xml",
+        sitemapindex([site.url("/one.xml"), site.url("/two.xml"), other.url("/foreign.xml")]),
+    )
+    record, _ = await world.run({"sitemap": site.url("/index.xml")})
+    assert record.status is RunStatus.SUCCESS
+    assert record.processed == 1
+    assert record.metadata["skippedSitemaps"] == 1
+    assert other.requests == []
+    assert site.paths().count("/one.xml") == 1
+
+
+@pytest.mark.parametrize("problem", ["404", "hang", "refused"])
+async def test_a_sitemap_that_cannot_be_read_fails_the_run_naming_it(
+    world: World, problem: str
+) -> None:
+    site = world.site
+    hang = asyncio.Event()
+
+    async def never(_: web.Request) -> web.StreamResponse:
+        await hang.wait()
+        return web.Response()
+
+    site.handle("/hang.xml", never)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{s.getsockname()[1]}/sitemap.xml"
+    url = {"404": site.url("/missing.xml"), "hang": site.url("/hang.xml"), "refused": closed}[
+        problem
+    ]
+    record, _ = await world.run({"sitemap": url, "item_timeout": "300ms"})
+    hang.set()
+    assert record.status is RunStatus.FAILED
+    expected = {
+        "404": "HTTP 404",
+        "hang": "timed out after 0.3s",
+        "refused": "cannot connect: Connection refused",
+    }[problem]
+    assert record.reason == f"error: sitemap {url}: {expected}"
+
+
+async def test_a_dropped_connection_is_a_failed_url_with_the_client_error(world: World) -> None:
+    site = world.site
+
+    async def drop(request: web.Request) -> web.StreamResponse:
+        assert request.transport is not None
+        request.transport.close()
+        return web.Response()
+
+    site.handle("/drop", drop)
+    record, _ = await world.run({"urls": [site.url("/drop")]})
+    assert record.status is RunStatus.FAILED
+    assert record.errors[0].startswith(f"{site.url('/drop')}: ServerDisconnectedError")
