@@ -48,9 +48,18 @@ def kill_group(pgid: int) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
-def group_alive(pgid: int) -> list[int]:
-    """Alias that reads well in asserts: ``assert not group_alive(pgid)``."""
-    return group_members(pgid)
+async def group_gone(pgid: int, timeout_s: float = 10.0) -> bool:
+    """Whether group ``pgid`` is empty, waiting (bounded) for the kernel to finish killing it.
+
+    warmupd has sent SIGKILL to the group by the time a run is recorded; a process so killed may
+    still be on its way out (files closed, not yet a zombie) for a moment after that.
+    """
+    deadline = time.monotonic() + timeout_s
+    while group_members(pgid):
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.01)
+    return True
 
 
 async def wait_for_file(path: Path, timeout_s: float = 20.0) -> None:

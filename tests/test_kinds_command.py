@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.kinds_support import CHILD, group_alive, pid_alive, wait_for_file
+from tests.kinds_support import CHILD, group_gone, pid_alive, wait_for_file
 from tests.site_fakes import kinds_config
 from warmupd.clock import SystemClock
 from warmupd.config import parse_config
@@ -68,7 +68,7 @@ async def test_exit_0_is_success_with_the_stdout_tail(world: World) -> None:
     assert tail.endswith("line 99999\n")
     assert 60_000 < len(tail.encode()) <= 64 * 1024  # the last 64 KiB, not the whole output
     assert record.metadata["exitCode"] == 0
-    assert not group_alive(job.pgids[0])
+    assert await group_gone(job.pgids[0])
 
 
 async def test_exit_3_fails_with_the_last_stderr_line(world: World) -> None:
@@ -121,7 +121,7 @@ async def test_timeout_sends_term_then_kill_and_leaves_no_process_of_the_group(
     assert "got SIGTERM, ignoring it" in record.metadata["stdoutTail"]
     assert record.metadata["exitCode"] == -9  # TERM was ignored: the group needed KILL
     grandchild = int((world.tmp / "grandchild.pid").read_text())
-    assert not group_alive(job.pgids[0])
+    assert await group_gone(job.pgids[0])
     assert not pid_alive(grandchild)
 
 
@@ -130,13 +130,13 @@ async def test_a_command_that_stops_on_term_ends_with_it(world: World) -> None:
     assert record.errors == ("timed out after 1s (max_duration)",)
     assert record.metadata["exitCode"] == -15
     assert "got SIGTERM, leaving" in record.metadata["stdoutTail"]
-    assert not group_alive(job.pgids[0])
+    assert await group_gone(job.pgids[0])
 
 
 async def test_what_the_command_leaves_running_is_killed_when_it_exits(world: World) -> None:
     record, job = await world.run({"command": world.child("leave-behind")})
     assert record.status is RunStatus.SUCCESS
-    assert not group_alive(job.pgids[0])
+    assert await group_gone(job.pgids[0])
 
 
 async def test_shutdown_terms_the_group_at_once_and_the_run_is_cancelled(world: World) -> None:
@@ -146,7 +146,7 @@ async def test_shutdown_terms_the_group_at_once_and_the_run_is_cancelled(world: 
     await runner.shutdown(grace_s=30)
     record = await handle.wait()
     assert (record.status, record.reason) == (RunStatus.CANCELLED, "shutdown")
-    assert not group_alive(job.pgids[0])
+    assert await group_gone(job.pgids[0])
     assert (world.tmp / "got-term").exists()
 
 
@@ -158,7 +158,7 @@ async def test_shutdown_kills_a_group_that_ignores_term_after_the_grace(world: W
     await runner.shutdown(grace_s=30)
     record = await handle.wait()
     assert (record.status, record.reason) == (RunStatus.CANCELLED, "shutdown")
-    assert not group_alive(job.pgids[0])
+    assert await group_gone(job.pgids[0])
 
 
 def test_describe_status() -> None:

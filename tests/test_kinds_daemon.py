@@ -185,7 +185,7 @@ def test_daemon_sigterm_during_a_command_ends_its_group_and_cancels_the_run(
     daemon.send(signal.SIGTERM)
     try:
         assert daemon.wait_exit() == 0
-        assert group_members(pgid) == []
+        wait_until(lambda: group_members(pgid) == [], timeout_s=10)
     finally:
         kill_group(pgid)
     runs = daemon_runs(daemon.db_path)
