@@ -171,7 +171,8 @@ def test_sighup_applies_a_valid_schedule_and_rejects_an_invalid_one(
         jobs = daemon.request("GET", "/api/jobs")[1]["jobs"]
         return next(j for j in jobs if j["name"] == job)["nextRunAt"]
 
-    before = next_run("housekeeping")
+    # nextRunAt is null until the scheduler has loaded its state, which can come after /healthz.
+    before = wait_until(lambda: next_run("housekeeping"))
     assert before.endswith(":17:00.000Z")
     changed = {**daemon.config}
     changed["jobs"] = {**changed["jobs"], "housekeeping": {"schedule": "43 * * * *"}}

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
+from warmupd.config_kinds import KindSpec, split_kind_job
 from warmupd.config_values import (
     parse_bool,
     parse_cron,
@@ -129,6 +130,9 @@ class JobConfig:
     item_timeout_ms: int = 60_000
     min_views: int = 10
     run_retention_ms: int = 90 * 86_400_000
+    kind: str = "builtin"
+    spec: KindSpec | None = None
+    """A user-defined job's own settings (``kind = "http"`` or ``"command"``, SPEC §16)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -326,13 +330,17 @@ _TOP = (
 def _jobs(raw: Mapping[str, Any]) -> dict[str, JobConfig]:
     jobs = _default_jobs()
     for name, table in raw.items():
-        if name not in jobs:
-            raise ConfigError(
-                f"jobs.{name}", MISSING, f"unknown job (known: {', '.join(KNOWN_JOBS)})"
-            )
-        jobs[name] = _section(
-            f"jobs.{name}", _table(f"jobs.{name}", table), JobConfig, _JOB, jobs[name]
-        )
+        path, raw_job = f"jobs.{name}", _table(f"jobs.{name}", table)
+        if name in jobs:
+            if "kind" in raw_job:
+                raise ConfigError(f"{path}.kind", raw_job["kind"], "a built-in job keeps its kind")
+            jobs[name] = _section(path, raw_job, JobConfig, _JOB, jobs[name])
+            continue
+        if name == JOB_ON_DEMAND:
+            raise ConfigError(path, MISSING, "is the on-demand warmup's name, not a job to define")
+        common, defaults, spec = split_kind_job(name, raw_job, builtin=KNOWN_JOBS)
+        base = JobConfig(name=name, schedule="@daily", kind=spec.kind, spec=spec)
+        jobs[name] = _section(path, common, JobConfig, _JOB, replace(base, **defaults))
     return jobs
 
 

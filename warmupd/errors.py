@@ -173,6 +173,12 @@ class ProducerError(WarmupdError):
     code = "producer_error"
 
 
+class JobError(WarmupdError):
+    """A run of a user-defined job cannot go on (a sitemap refused, a secret header unset)."""
+
+    code = "job_error"
+
+
 class InsufficientData(ProducerError):
     """The series has fewer points than ``forecast.min_points``."""
 

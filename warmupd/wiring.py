@@ -69,6 +69,15 @@ class ConfigHolder:
         except ConfigError as exc:
             log.error("config.reload_rejected", error=exc)  # noqa: TRY400 - the message is the whole story
             return None
+        kinds = {name: job.kind for name, job in new.jobs.items()}
+        if kinds != {name: job.kind for name, job in self.current.jobs.items()}:
+            # The runner's jobs are built once at start-up: a job added, removed or given another
+            # kind would be scheduled without a job to run it (or run with the wrong one).
+            log.error(
+                "config.reload_rejected",
+                error="jobs: adding or removing a job, or changing its kind, needs a restart",
+            )
+            return None
         self.current, self.restart_required = split_reload(self.current, new)
         for key in self.restart_required:
             log.warning("reload.restart_required", key=key)
@@ -248,7 +257,10 @@ async def build_core(
         nodes=nodes,
         warmer=warmer,
         purge_locks=sqlite_locks.purge_expired,
+        clock=clock,
     )
+    for job in jobs.values():
+        stack.push_async_callback(job.close)
     for name in [*jobs, JOB_ON_DEMAND]:
         metrics.declare_job(name)
     for name in jobs:

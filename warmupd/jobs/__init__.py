@@ -5,11 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from warmupd.cache import CacheStore
+from warmupd.clock import Clock, SystemClock
 from warmupd.config import Config
 from warmupd.jobs.base import Job
 from warmupd.jobs.forecasts import ForecastsJob
 from warmupd.jobs.housekeeping import HousekeepingJob, PurgeLocks
 from warmupd.jobs.insights import InsightsJob
+from warmupd.jobs.kinds import build_kind_jobs
 from warmupd.jobs.parts import Warmer
 from warmupd.runs import NodeStore, RunStore
 from warmupd.store import ComparisonStore, WarmupStore
@@ -25,8 +27,9 @@ def build_jobs(
     nodes: NodeStore,
     warmer: Warmer,
     purge_locks: PurgeLocks | None,
+    clock: Clock | None = None,
 ) -> dict[str, Job[Any]]:
-    """The three scheduled jobs by name."""
+    """The three built-in jobs and the configured jobs of a kind (SPEC §16), by name."""
     jobs: list[Job[Any]] = [
         ForecastsJob(comparisons, warmer),
         InsightsJob(comparisons, warmer),
@@ -39,6 +42,7 @@ def build_jobs(
             stale_ttl_ms=config.cache.stale_ttl_ms,
             node_stale_ms=node_stale_ms(config),
         ),
+        *build_kind_jobs(config, clock or SystemClock()),
     ]
     return {job.name: job for job in jobs}
 

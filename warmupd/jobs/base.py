@@ -12,6 +12,8 @@ from enum import StrEnum
 from typing import Any, Generic, TypeVar
 
 from warmupd.config import JobConfig
+from warmupd.config_kinds import KindSpec
+from warmupd.models import Trigger
 
 ItemT = TypeVar("ItemT")
 
@@ -53,6 +55,8 @@ class RunSettings:
     window_ms: int
     min_views: int
     run_retention_ms: int
+    spec: KindSpec | None = None
+    """A user-defined job's own settings, as the config had them when the run started."""
 
     @classmethod
     def from_config(
@@ -67,7 +71,19 @@ class RunSettings:
             window_ms=job.window_ms,
             min_views=job.min_views,
             run_retention_ms=job.run_retention_ms,
+            spec=job.spec,
         )
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunContext:
+    """Who a run is: what a job may hand on to the work it starts (a command's ``WARMUPD_*``)."""
+
+    run_id: int
+    job: str
+    trigger: Trigger
+    fire_ms: int
+    """The scheduled fire's due time, or the run's start for a manual run."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -99,8 +115,26 @@ class Job(abc.ABC, Generic[ItemT]):
     def label(self, item: ItemT) -> str:
         """How the item is named in the run's errors (``"slug: message"``)."""
 
+    stop_on_drain = False
+    """True: at SIGTERM the in-flight items are cancelled at once (a command is told to stop and
+    gets ``shutdown_grace`` to do so), instead of being left to finish within the grace."""
+
     def start_run(self) -> None:
         """Called once before the first item of a run (e.g. to reset an AI breaker)."""
+
+    def begin_run(self, context: RunContext) -> None:
+        """Called once before :meth:`select` with the run's identity."""
+
+    def item_timeout_s(self, settings: RunSettings) -> float | None:
+        """The runner's time limit per item; None when the job times its own work."""
+        return settings.item_timeout_ms / 1000
+
+    def run_deadline_s(self, settings: RunSettings) -> float:
+        """When the runner cancels the run (``max_duration``)."""
+        return settings.max_duration_ms / 1000
+
+    async def close(self) -> None:
+        """Release what the job holds between runs (a connection pool); called at shutdown."""
 
     def summary(self) -> dict[str, Any]:
         """What the run did beyond its item counts, merged into the run's metadata at the end."""

@@ -52,4 +52,5 @@ class Tally:
         else:
             self.failed += 1
             if len(self.errors) < 10:
-                self.errors.append(f"{label}: {outcome.reason}")
+                # A single-item job (a command) has no label: its error is the reason alone.
+                self.errors.append(f"{label}: {outcome.reason}" if label else str(outcome.reason))

@@ -26,7 +26,7 @@ from warmupd.errors import (
     ServiceUnavailable,
     WarmupdError,
 )
-from warmupd.jobs.base import Fencing, ItemOutcome, ItemResult, Job, RunSettings
+from warmupd.jobs.base import Fencing, ItemOutcome, ItemResult, Job, RunContext, RunSettings
 from warmupd.jobs.run_state import ActiveRun, Tally
 from warmupd.locks import Locks, renewing
 from warmupd.locks.holder import describe_holder
@@ -254,7 +254,7 @@ class JobRunner:
         if self.metrics:
             self.metrics.run_started(job.name)
         deadline = asyncio.get_running_loop().call_later(
-            settings.max_duration_ms / 1000, active.stop_now, "max_duration"
+            job.run_deadline_s(settings), active.stop_now, "max_duration"
         )
         try:
             async with renewing(
@@ -265,6 +265,14 @@ class JobRunner:
                 on_lost=lambda _why: active.stop_now("lock_lost"),
             ) as handle:
                 fencing = Fencing(fence_key=self.locks.fence_key(lease), fence=lease.fence)
+                job.begin_run(
+                    RunContext(
+                        run_id=run_id,
+                        job=job.name,
+                        trigger=trigger,
+                        fire_ms=metadata.get("dueAt") or self.clock.wall_ms(),
+                    )
+                )
                 job.start_run()
                 items = await job.select(settings, self.clock.wall_ms())
                 metadata["selected"] = active.selected = len(items)
@@ -374,12 +382,12 @@ class JobRunner:
     async def _guarded(
         self, job: Job[Any], item: Any, settings: RunSettings, fencing: Fencing, active: ActiveRun
     ) -> ItemOutcome:
-        timeout_s = settings.item_timeout_ms / 1000
+        timeout_s = job.item_timeout_s(settings)
         try:
             async with asyncio.timeout(timeout_s):
                 return await job.process(item, fencing, self.clock.wall_ms())
         except TimeoutError:
-            return ItemOutcome(ItemResult.FAILED, f"timed out after {timeout_s:g}s")
+            return ItemOutcome(ItemResult.FAILED, f"timed out after {timeout_s or 0:g}s")
         except LockLost as exc:
             # A fenced write was refused: a newer holder owns the lock, so stop the whole run.
             active.stop_now("lock_lost")
@@ -433,6 +441,8 @@ class JobRunner:
         tasks = self.active_tasks()
         for active in self._active.values():
             active.draining = True
+            if self._jobs[active.job].stop_on_drain:
+                active.stop_now("shutdown")
         if not tasks:
             return
         log.info("runner.draining", runs=len(tasks), grace_s=grace_s)
