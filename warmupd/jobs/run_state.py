@@ -6,7 +6,7 @@ import asyncio
 from dataclasses import dataclass, field
 
 from warmupd.jobs.base import ItemOutcome, ItemResult
-from warmupd.models import RunRecord
+from warmupd.models import RunRecord, RunStatus
 
 
 @dataclass(eq=False)
@@ -29,6 +29,18 @@ class ActiveRun:
             self.stop_reason = reason
         for task in list(self.inflight):
             task.cancel()
+
+    def final_status(self, tally: Tally, selected: int) -> tuple[RunStatus, str | None]:
+        """The status and reason of a run whose items have all been started and settled."""
+        if self.stop_reason == "lock_lost":
+            return RunStatus.FAILED, "lock_lost"
+        if self.stop_reason is not None:
+            return RunStatus.CANCELLED, self.stop_reason
+        if self.draining and tally.done < selected:
+            return RunStatus.CANCELLED, "shutdown"
+        if selected and tally.failed == selected:
+            return RunStatus.FAILED, "all_items_failed"
+        return RunStatus.SUCCESS, None
 
 
 @dataclass

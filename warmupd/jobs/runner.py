@@ -294,7 +294,7 @@ class JobRunner:
                 if handle.is_lost:
                     active.stop_now("lock_lost")
                 metadata.update(job.summary())
-            status, reason = self._final_status(active, tally, len(items))
+            status, reason = active.final_status(tally, len(items))
         except asyncio.CancelledError:
             # Only the daemon cancels a run task, after the shutdown grace ran out.
             status, reason = RunStatus.CANCELLED, active.stop_reason or "shutdown"
@@ -347,20 +347,6 @@ class JobRunner:
                 finished_ms=record.finished_at_ms or self.clock.wall_ms(),
             )
         return record
-
-    @staticmethod
-    def _final_status(
-        active: ActiveRun, tally: Tally, selected: int
-    ) -> tuple[RunStatus, str | None]:
-        if active.stop_reason == "lock_lost":
-            return RunStatus.FAILED, "lock_lost"
-        if active.stop_reason is not None:
-            return RunStatus.CANCELLED, active.stop_reason
-        if active.draining and tally.done < selected:
-            return RunStatus.CANCELLED, "shutdown"
-        if selected and tally.failed == selected:
-            return RunStatus.FAILED, "all_items_failed"
-        return RunStatus.SUCCESS, None
 
     async def _one(
         self, job: Job[Any], item: Any, settings: RunSettings, fencing: Fencing, active: ActiveRun
