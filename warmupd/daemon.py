@@ -70,6 +70,7 @@ class Daemon:
         self.state = ShutdownState.RUNNING
         self._stop = asyncio.Event()
         self.scheduler: Scheduler | None = None
+        self._core: Core | None = None
 
     def _transition(self, state: ShutdownState) -> None:
         log.info("daemon.state", previous=self.state.value, state=state.value)
@@ -90,8 +91,7 @@ class Daemon:
             if self.scheduler is not None:
                 self.scheduler.reload(schedules_of(new))
             log.info("config.reloaded", source=new.source)
-        self.notifier.ready()
-        self.notifier.status(self._status_line())
+        self.notifier.ready(self._status_line(self._core))
 
     def _status_line(self, core: Core | None = None) -> str:
         """systemd's STATUS=: what runs now and what fires next."""
@@ -202,6 +202,11 @@ class Daemon:
         site = web.TCPSite(app_runner, cfg.http.host, cfg.http.port)
         await site.start()
 
+        # SPEC §11: the scheduler starts (loads its state, computes next fires, runs due misfires)
+        # before READY=1, so the first STATUS= already names the next fire instead of
+        # "nothing scheduled" until the first heartbeat.
+        await scheduler.start_up(self.clock.wall_ms())
+        self._core = core
         tasks = [
             asyncio.create_task(scheduler.run(), name="scheduler"),
             asyncio.create_task(loop_lag_monitor(self.metrics, self.clock), name="loop-lag"),
@@ -219,8 +224,7 @@ class Daemon:
             http=f"{cfg.http.host}:{cfg.http.port}",
             locks=core.lock_state().backend,
         )
-        self.notifier.ready()
-        self.notifier.status(self._status_line())
+        self.notifier.ready(self._status_line(core))
 
         await self._stop.wait()
         self._transition(ShutdownState.DRAINING)
