@@ -29,7 +29,7 @@ from warmupd.errors import (
 from warmupd.jobs.base import Fencing, ItemOutcome, ItemResult, Job, RunSettings
 from warmupd.jobs.run_state import ActiveRun, Tally
 from warmupd.locks import Locks, renewing
-from warmupd.logs import get_logger
+from warmupd.logs import get_logger, outcome_level
 from warmupd.metrics import Metrics
 from warmupd.models import Acquired, Fire, Held, RunRecord, RunStatus, Trigger
 from warmupd.runs import RunStore
@@ -293,7 +293,10 @@ class JobRunner:
                 metadata=metadata,
             )
         )
-        log.info(
+        # A failed run must show in `journalctl -p warning` (what the docs recommend watching);
+        # one that failed every item means the job is broken, not unlucky.
+        log.log(
+            outcome_level(status, processed=tally.processed, failed=tally.failed),
             "run.finished",
             job=job.name,
             run=run_id,
