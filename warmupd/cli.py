@@ -211,9 +211,14 @@ def _progress() -> Callable[[str, int, int, int], None]:
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run the daemon until SIGTERM/SIGINT."""
     from warmupd.daemon import serve
+    from warmupd.pool import stop_resource_tracker
 
     cfg = _load(args)
-    return _run_async(serve(cfg, log_format=args.log_format, log_level=args.log_level))
+    try:
+        return _run_async(serve(cfg, log_format=args.log_format, log_level=args.log_level))
+    finally:
+        # Once the loop and the pool are gone, so that systemd finds no process left at a stop.
+        stop_resource_tracker()
 
 
 def _bounded(lo: int, hi: int) -> Callable[[str], int]:

@@ -32,14 +32,20 @@ from warmupd.http import create_app
 from warmupd.jobs.reads import ComparisonService
 from warmupd.jobs.runner import Progress
 from warmupd.jobs.service import JobsService, render_run
-from warmupd.logs import configure_logging, get_logger, register_secret
+from warmupd.logs import (
+    capture_process_output,
+    configure_logging,
+    get_logger,
+    journald_stream_matches,
+    register_secret,
+)
 from warmupd.metrics import Metrics, loop_lag_monitor
 from warmupd.models import Trigger
 from warmupd.runs import make_node_id
 from warmupd.scheduler_loop import Scheduler
 from warmupd.status import StatusService
 from warmupd.store import ScheduleStore
-from warmupd.systemd import SystemdNotifier, watchdog_loop
+from warmupd.systemd import SystemdNotifier, journal_stream, watchdog_loop
 from warmupd.wiring import ConfigHolder, Core, build_core, schedules_of
 
 log = get_logger("warmupd.daemon")
@@ -298,8 +304,12 @@ async def run_once(
 async def serve(config: Config, *, log_format: str = "text", log_level: str = "info") -> int:
     """Run the daemon until SIGTERM/SIGINT; returns the exit code."""
     configure_logging(log_format, log_level)
-    # A watchdog abort (SIGABRT) then leaves the stuck stack in the journal.
-    faulthandler.enable(file=sys.stderr)
+    capture_process_output()
+    # A watchdog abort (SIGABRT) then leaves the stuck stack in the journal. faulthandler writes raw
+    # lines from the signal handler; under journald they go to a stream of their own at priority
+    # crit, so `journalctl -p warning` shows the dump rather than unprefixed info lines.
+    crash_stream = journal_stream("warmupd", 2) if journald_stream_matches() else None
+    faulthandler.enable(file=crash_stream if crash_stream is not None else sys.stderr)
     # Every SQLite statement is answered by aiosqlite's thread; with CPython's default 5 ms switch
     # interval the loop can wait that long for the GIL to come back (bench P5 saw the spikes). The
     # main process runs no CPU-bound threads (compute is in the process pool), so a shorter
