@@ -260,6 +260,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("check-config", cmd_check_config, "validate the config and show the next fires")
     p.add_argument("--json", action="store_true", help="one JSON object for scripts")
+    p.add_argument(
+        "--credentials-directory",
+        metavar="DIR",
+        help="read secrets as the service does, from DIR/job_secret and DIR/warmup_secret "
+        "(e.g. /run/credentials/warmupd.service; default $CREDENTIALS_DIRECTORY)",
+    )
 
     add("migrate", cmd_migrate, "apply pending schema migrations")
 
