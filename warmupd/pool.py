@@ -119,10 +119,11 @@ def lower_priority(niceness: int) -> bool:
 def watch_parent(parent_pid: int) -> None:
     """End this worker as soon as the process ``parent_pid`` is gone, however it died (SPEC §17).
 
-    Two mechanisms, because each has a gap: ``PR_SET_PDEATHSIG`` delivers SIGKILL at once, but it
-    fires when the *thread* that spawned us exits (workers are spawned from the event-loop thread,
-    which lives as long as the daemon, so this holds today) and a sandbox may refuse ``prctl``; a
-    daemon thread that polls ``getppid()`` every :data:`PARENT_POLL_S` catches everything else.
+    Two mechanisms, because each has a gap. ``PR_SET_PDEATHSIG`` delivers SIGKILL at once, but it
+    fires when the *thread* that spawned us exits — ``ProcessPoolExecutor.submit`` spawns on the
+    calling thread, the event loop's, which lives as long as the daemon (its manager thread spawns
+    only with ``max_tasks_per_child``, unused here) — and a sandbox may refuse ``prctl``. A daemon
+    thread that polls ``getppid()`` every :data:`PARENT_POLL_S` catches everything else.
     Comparing with the pid passed in (not our ``getppid()`` at start) also covers a parent that
     died before this ran.
     """
@@ -346,6 +347,11 @@ def stop_resource_tracker() -> None:
     When the daemon crashes, the tracker ends by itself once the workers, which die with the
     daemon (:func:`watch_parent`), are gone.
     """
+    # A pool closed mid-run leaves its executor's manager thread winding down; it still holds the
+    # queues and, collecting them, would unregister their semaphores while the tracker stops.
+    for thread in threading.enumerate():
+        if type(thread).__name__ == "_ExecutorManagerThread":  # no public name for the type
+            thread.join(5.0)
     gc.collect()
     # The clean-ups multiprocessing itself would run at exit (exit priority 0: semaphores);
     # run now, they are done with, so none is left to restart the tracker afterwards.
