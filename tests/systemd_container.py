@@ -102,6 +102,7 @@ def base_image(log: Path) -> Path:
         if (final / "root" / "usr" / "bin" / "systemctl").exists():
             return final / "root"
         building = Path(tempfile.mkdtemp(prefix=f".{SUITE}-{key}-", dir=CACHE_ROOT))
+        (CACHE_ROOT / "debs").mkdir(exist_ok=True)  # downloaded packages, kept for rebuilds
         try:
             with log.open("ab") as out:
                 subprocess.run(

@@ -41,6 +41,7 @@ DB = "/var/lib/warmupd/warmupd.db"
 URL = "http://127.0.0.1:8321"
 DEMO_COUNT = 12
 WATCHDOG_DROPIN = "/etc/systemd/system/warmupd.service.d/watchdog-test.conf"
+NO_SETPRIORITY_DROPIN = "/etc/systemd/system/warmupd.service.d/no-setpriority-test.conf"
 
 # The operator's install, as docs/OPERATIONS.md §1 writes it (sudo dropped: we are root inside).
 # The only departure: pip installs from the wheelhouse the test built, because the container has no
@@ -221,6 +222,37 @@ def test_forecast_run_succeeds_inside_the_sandbox(box: Container) -> None:
         [w for w in workers if w.strip()]
     )
     assert any(w.strip() for w in workers), "no pool worker alive after the run"
+
+
+def test_the_pool_computes_where_setpriority_is_refused(box: Container) -> None:
+    """The unit's filter without its setpriority exception (the unit before issue 17, or an
+    operator's stricter drop-in): lowering the worker priority is best-effort, the pool computes."""
+    box.sh(
+        f"""
+        mkdir -p {os.path.dirname(NO_SETPRIORITY_DROPIN)}
+        printf '[Service]\\nSystemCallFilter=\\nSystemCallFilter=@system-service\\nSystemCallFilter=~@privileged @resources\\n' > {NO_SETPRIORITY_DROPIN}
+        systemctl daemon-reload
+        systemctl restart warmupd
+        """
+    )
+    filtered = show(box, "SystemCallFilter")["SystemCallFilter"]
+    assert not filtered.startswith("~")  # an allow-list (@system-service minus the denied sets)
+    assert "setpriority" not in filtered.split()  # without setpriority: refused with EPERM
+    slug = box.sh(f"sqlite3 {DB} 'SELECT slug FROM comparisons ORDER BY slug LIMIT 1 OFFSET 1'")
+    slug = slug.strip()
+    box.sh(f"sqlite3 {DB} \"UPDATE cache_entries SET fresh_until = 0 WHERE slug = '{slug}'\"")
+    box.sh(f"WARMUP_SECRET=$(cat /etc/warmupd/warmup_secret) warmupd warmup {slug} -c {CONFIG}")
+
+    def state() -> str | None:
+        state = api(box, f"/api/comparison/{slug}/status").get("warmup")
+        return state if state in ("ready", "failed") else None
+
+    assert wait_for(state, f"warmup of {slug} finished", timeout_s=120) == "ready"
+    workers = box.sh("ps -o ni= -o args= -C python3 | grep '[s]pawn_main' || true").split("\n")
+    nice = [w.split()[0] for w in workers if w.strip()]
+    assert nice, "the warmup computed without starting pool workers"
+    assert set(nice) == {"0"}  # the workers ran, at the daemon's priority
+    box.sh(f"rm {NO_SETPRIORITY_DROPIN} && systemctl daemon-reload && systemctl restart warmupd")
 
 
 def test_credentials_from_load_credential_work(box: Container) -> None:
