@@ -148,3 +148,37 @@ def test_secrets_never_appear_in_describe_or_repr() -> None:
     text = json.dumps(describe(cfg)) + repr(cfg)
     assert "s3cret" not in text
     assert describe(cfg)["secrets"]["job_secret"] == "set"
+
+
+def test_state_dir_unset_follows_systemd_state_directory() -> None:
+    """The unit's StateDirectory= puts the DB in /var/lib/warmupd without editing the file."""
+    env = {"STATE_DIRECTORY": "/var/lib/warmupd"}
+    assert load_config(EXAMPLE, env=env).daemon.db_path == Path("/var/lib/warmupd/warmupd.db")
+    assert load_config(EXAMPLE, env={}).daemon.state_dir == Path("./var")
+    # An explicit key wins over the environment.
+    cfg = parse_config({"daemon": {"state_dir": "/srv/warmupd"}}, env=env)
+    assert cfg.daemon.state_dir == Path("/srv/warmupd")
+    # Several state directories: the first is ours.
+    assert parse_config({}, env={"STATE_DIRECTORY": "/a:/b"}).daemon.state_dir == Path("/a")
+
+
+def test_check_config_reads_the_credentials_directory_it_is_given(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("CREDENTIALS_DIRECTORY", "JOB_SECRET", "WARMUP_SECRET"):
+        monkeypatch.delenv(name, raising=False)
+    (tmp_path / "job_secret").write_text("j" * 32)
+    (tmp_path / "warmup_secret").write_text("w" * 32)
+    assert main(["check-config", "-c", str(EXAMPLE), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["config"]["secrets"]["job_secret"] == "unset"
+    args = ["check-config", "-c", str(EXAMPLE), "--json", "--credentials-directory", str(tmp_path)]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    secrets = json.loads(out)["config"]["secrets"]
+    assert (secrets["job_secret"], secrets["job_secret_source"]) == ("set", "credential")
+    assert (secrets["warmup_secret"], secrets["warmup_secret_source"]) == ("set", "credential")
+    assert "j" * 32 not in out
+    # Without the flag, $CREDENTIALS_DIRECTORY is the default, as in the service.
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
+    assert main(["check-config", "-c", str(EXAMPLE), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["config"]["secrets"]["warmup_secret"] == "set"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ from warmupd.jobs.base import Fencing, ItemOutcome, Job, RunSettings
 from warmupd.jobs.runner import JobRunner
 from warmupd.locks import Locks
 from warmupd.locks.sqlite import SqliteLocks
+from warmupd.logs import outcome_level
 from warmupd.models import Acquired, Lease, RunStatus, Trigger
 from warmupd.runs import RunStore
 
@@ -168,16 +170,30 @@ async def test_window_never_exceeds_concurrency_and_records_counts(world: World)
     assert job.fences[0].fence == record.metadata["fence"]
 
 
-async def test_errors_are_capped_at_ten_and_all_failed_fails_the_run(world: World) -> None:
+async def test_errors_are_capped_at_ten_and_all_failed_fails_the_run(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
     steps = [Step(f"f{n}", fail=f"boom {n}") for n in range(12)]
     for s in steps:
         s.release.set()
     job = ScriptedJob(steps)
-    record = await (await world.runner(job).trigger(job.name, Trigger.CLI)).wait()
+    with caplog.at_level(logging.INFO, logger="warmupd.jobs"):
+        record = await (await world.runner(job).trigger(job.name, Trigger.CLI)).wait()
     assert record.status is RunStatus.FAILED
     assert record.reason == "all_items_failed"
     assert record.failed == 12
     assert len(record.errors) == 10
+    # A run that failed every item is a broken job: ERROR, shown by `journalctl -p warning`.
+    finished = [r for r in caplog.records if r.msg == "run.finished"]
+    assert [r.levelno for r in finished] == [logging.ERROR]
+
+
+def test_finished_records_are_info_on_success_warning_on_failure_error_when_all_failed() -> None:
+    assert outcome_level("success", processed=3, failed=1) == logging.INFO
+    assert outcome_level("cancelled", processed=0, failed=0) == logging.INFO
+    assert outcome_level("failed", processed=0, failed=0) == logging.WARNING  # e.g. lock_lost
+    assert outcome_level("failed", processed=2, failed=1) == logging.WARNING
+    assert outcome_level("failed", processed=0, failed=4) == logging.ERROR
 
 
 async def test_second_trigger_in_process_is_already_running(world: World) -> None:

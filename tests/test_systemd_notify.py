@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from warmupd.systemd import SystemdNotifier, watchdog_loop
+from warmupd.systemd import SystemdNotifier, journal_stream, watchdog_loop
 
 
 class _Stop(Exception):
@@ -193,3 +193,31 @@ async def test_watchdog_loop_returns_when_watchdog_is_off(
     notifier.close()
     assert clock.sleeps == []
     assert _drain(sock) == []
+
+
+def test_journal_stream_sends_journald_stream_header_then_lines(tmp_path: Path) -> None:
+    """sd_journal_stream_fd's protocol: seven header lines, then one record per line."""
+    path = tmp_path / "stdout"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen(1)
+    try:
+        stream = journal_stream("warmupd", 2, path=str(path))
+        assert stream is not None
+        conn, _ = server.accept()
+        stream.sendall(b"Fatal Python error: Aborted\n<4>a prefixed line\n")
+        stream.close()
+        received = b""
+        while chunk := conn.recv(4096):
+            received += chunk
+        conn.close()
+    finally:
+        server.close()
+    # identifier, unit (journald derives it), priority crit, level prefixes honoured, no forwarding
+    assert received == (
+        b"warmupd\n\n2\n1\n0\n0\n0\nFatal Python error: Aborted\n<4>a prefixed line\n"
+    )
+
+
+def test_journal_stream_is_none_without_journald(tmp_path: Path) -> None:
+    assert journal_stream("warmupd", 4, path=str(tmp_path / "absent")) is None

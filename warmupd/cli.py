@@ -239,11 +239,16 @@ def _demo_secrets(cfg: Config) -> Config:
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run the daemon until SIGTERM/SIGINT."""
     from warmupd.daemon import serve
+    from warmupd.pool import stop_resource_tracker
 
     cfg = _load(args)
     if args.demo_secrets:
         cfg = _demo_secrets(cfg)
-    return _run_async(serve(cfg, log_format=args.log_format, log_level=args.log_level))
+    try:
+        return _run_async(serve(cfg, log_format=args.log_format, log_level=args.log_level))
+    finally:
+        # Once the loop and the pool are gone, so that systemd finds no process left at a stop.
+        stop_resource_tracker()
 
 
 def _bounded(lo: int, hi: int) -> Callable[[str], int]:
@@ -290,6 +295,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("check-config", cmd_check_config, "validate the config and show the next fires")
     p.add_argument("--json", action="store_true", help="one JSON object for scripts")
+    p.add_argument(
+        "--credentials-directory",
+        metavar="DIR",
+        help="read secrets as the service does, from DIR/job_secret and DIR/warmup_secret "
+        "(e.g. /run/credentials/warmupd.service; default $CREDENTIALS_DIRECTORY)",
+    )
 
     add("migrate", cmd_migrate, "apply pending schema migrations")
 

@@ -30,7 +30,12 @@ def config_path(arg: str | None) -> str | None:
 
 
 def _load(args: argparse.Namespace) -> Config:
-    return load_config(config_path(args.config))
+    env: dict[str, str] | None = None
+    credentials = getattr(args, "credentials_directory", None)
+    if credentials:
+        # check-config sees the secrets the service sees: systemd's copies (or their sources).
+        env = {**os.environ, "CREDENTIALS_DIRECTORY": credentials}
+    return load_config(config_path(args.config), env=env)
 
 
 def _run_async(coro: Coroutine[Any, Any, T]) -> T:

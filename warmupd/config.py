@@ -46,6 +46,7 @@ class DaemonConfig:
     """``[daemon]``."""
 
     state_dir: Path = Path("./var")
+    """Unset in the file: ``$STATE_DIRECTORY`` when systemd sets it, else ``./var``."""
     timezone: str = "UTC"
     shutdown_grace_ms: int = 30_000
     pool_workers: int = 0
@@ -392,6 +393,11 @@ def parse_config(
         env,
     )
     daemon = _section("daemon", sec("daemon"), DaemonConfig, _DAEMON)
+    state_directory = env.get("STATE_DIRECTORY", "").split(":")[0]
+    if "state_dir" not in sec("daemon") and state_directory:
+        # systemd's StateDirectory= sets $STATE_DIRECTORY (/var/lib/warmupd): the shipped unit
+        # puts the DB there without the operator editing the config. An explicit key still wins.
+        daemon = replace(daemon, state_dir=Path(state_directory))
     jobs_raw = sec("jobs")
     cfg = Config(
         daemon=daemon,

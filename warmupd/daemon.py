@@ -32,14 +32,20 @@ from warmupd.http import create_app
 from warmupd.jobs.reads import ComparisonService
 from warmupd.jobs.runner import Progress
 from warmupd.jobs.service import JobsService, render_run
-from warmupd.logs import configure_logging, get_logger, register_secret
+from warmupd.logs import (
+    capture_process_output,
+    configure_logging,
+    get_logger,
+    journald_stream_matches,
+    register_secret,
+)
 from warmupd.metrics import Metrics, loop_lag_monitor
 from warmupd.models import Trigger
 from warmupd.runs import make_node_id
 from warmupd.scheduler_loop import Scheduler
 from warmupd.status import StatusService
 from warmupd.store import ScheduleStore
-from warmupd.systemd import SystemdNotifier, watchdog_loop
+from warmupd.systemd import SystemdNotifier, journal_stream, watchdog_loop
 from warmupd.ui.routes import add_ui
 from warmupd.wiring import ConfigHolder, Core, build_core, schedules_of
 
@@ -103,8 +109,7 @@ class Daemon:
                 source=new.source,
                 restart_required=",".join(self.holder.restart_required) or None,
             )
-        self.notifier.ready()
-        self.notifier.status(self._status_line())
+        self.notifier.ready(self._status_line(self.core))
 
     def _status_line(self, core: Core | None = None) -> str:
         """systemd's STATUS=: what runs now and what fires next."""
@@ -233,6 +238,10 @@ class Daemon:
         site = web.TCPSite(app_runner, cfg.http.host, cfg.http.port)
         await site.start()
 
+        # SPEC §11: the scheduler starts (loads its state, computes next fires, runs due misfires)
+        # before READY=1, so the first STATUS= already names the next fire instead of
+        # "nothing scheduled" until the first heartbeat.
+        await scheduler.start_up(self.clock.wall_ms())
         tasks = [
             asyncio.create_task(scheduler.run(), name="scheduler"),
             asyncio.create_task(loop_lag_monitor(self.metrics, self.clock), name="loop-lag"),
@@ -250,8 +259,7 @@ class Daemon:
             http=f"{cfg.http.host}:{cfg.http.port}",
             locks=core.lock_state().backend,
         )
-        self.notifier.ready()
-        self.notifier.status(self._status_line())
+        self.notifier.ready(self._status_line(core))
 
         await self._stop.wait()
         self._transition(ShutdownState.DRAINING)
@@ -325,8 +333,12 @@ async def run_once(
 async def serve(config: Config, *, log_format: str = "text", log_level: str = "info") -> int:
     """Run the daemon until SIGTERM/SIGINT; returns the exit code."""
     configure_logging(log_format, log_level)
-    # A watchdog abort (SIGABRT) then leaves the stuck stack in the journal.
-    faulthandler.enable(file=sys.stderr)
+    capture_process_output()
+    # A watchdog abort (SIGABRT) then leaves the stuck stack in the journal. faulthandler writes raw
+    # lines from the signal handler; under journald they go to a stream of their own at priority
+    # crit, so `journalctl -p warning` shows the dump rather than unprefixed info lines.
+    crash_stream = journal_stream("warmupd", 2) if journald_stream_matches() else None
+    faulthandler.enable(file=crash_stream if crash_stream is not None else sys.stderr)
     # Every SQLite statement is answered by aiosqlite's thread; with CPython's default 5 ms switch
     # interval the loop can wait that long for the GIL to come back (bench P5 saw the spikes). The
     # main process runs no CPU-bound threads (compute is in the process pool), so a shorter

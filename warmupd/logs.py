@@ -36,6 +36,7 @@ import sys
 import threading
 import time
 from collections.abc import Mapping
+from types import TracebackType
 from typing import Any, TextIO
 
 from warmupd.errors import UsageError
@@ -45,9 +46,12 @@ __all__ = [
     "JsonFormatter",
     "StructLogger",
     "TextFormatter",
+    "capture_process_output",
     "configure_logging",
     "get_logger",
     "journald_stream_matches",
+    "logging_settings",
+    "outcome_level",
     "redact",
     "register_secret",
     "reset_logging",
@@ -254,6 +258,7 @@ class _StderrHandler(logging.Handler):
 
 
 _installed: _StderrHandler | None = None
+_settings: tuple[str, str] = ("text", "info")
 
 
 def journald_stream_matches(
@@ -287,7 +292,7 @@ def configure_logging(
     :param stream: write here instead of ``sys.stderr`` (tests).
     :raises UsageError: for an unknown format or level.
     """
-    global _installed
+    global _installed, _settings
     fmt_key = fmt.lower()
     if fmt_key not in ("text", "json"):
         raise UsageError(f"log format must be 'text' or 'json', got {fmt!r}")
@@ -304,8 +309,44 @@ def configure_logging(
     root.addHandler(handler)
     root.setLevel(level_no)
     _installed = handler
+    _settings = (fmt_key, level.lower())
     # aiohttp's access log repeats what warmupd_http_requests_total and our own request log carry.
     logging.getLogger("aiohttp.access").setLevel(max(level_no, logging.WARNING))
+
+
+def logging_settings() -> tuple[str, str]:
+    """``(format, level)`` of the last :func:`configure_logging`, for child processes to copy."""
+    return _settings
+
+
+def _log_uncaught(
+    exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None
+) -> None:
+    logging.getLogger("warmupd").critical(
+        "uncaught", exc_info=(exc_type, exc, tb), extra={FIELDS_ATTR: {}}
+    )
+
+
+def _log_uncaught_in_thread(args: threading.ExceptHookArgs) -> None:
+    if args.exc_type is SystemExit or args.exc_value is None:
+        return  # what threading's own hook ignores too
+    logging.getLogger("warmupd").error(
+        "thread.uncaught",
+        exc_info=args.exc_value,
+        extra={FIELDS_ATTR: {"thread": args.thread.name if args.thread else None}},
+    )
+
+
+def capture_process_output() -> None:
+    """Send Python's own stderr writers through the handler, so each is one record.
+
+    Warnings (``warnings.showwarning``) and uncaught exceptions (``sys.excepthook``,
+    ``threading.excepthook``) otherwise print several raw lines, which journald stores as separate
+    unprefixed records at priority 6 — a traceback that ``journalctl -p warning`` never shows.
+    """
+    logging.captureWarnings(True)
+    sys.excepthook = _log_uncaught
+    threading.excepthook = _log_uncaught_in_thread
 
 
 def reset_logging() -> None:
@@ -354,6 +395,10 @@ class StructLogger:
         # stacklevel=3 attributes the record to our caller, not to this adapter.
         self._logger.log(level, event, exc_info=exc_info, extra={FIELDS_ATTR: merged}, stacklevel=3)
 
+    def log(self, level: int, event: str, *, exc_info: Any = None, **fields: object) -> None:
+        """Log ``event`` at ``level`` (a :mod:`logging` level), for a level chosen at run time."""
+        self._log(level, event, exc_info, fields)
+
     def debug(self, event: str, *, exc_info: Any = None, **fields: object) -> None:
         """Log ``event`` at DEBUG."""
         self._log(logging.DEBUG, event, exc_info, fields)
@@ -373,6 +418,17 @@ class StructLogger:
     def exception(self, event: str, **fields: object) -> None:
         """Log ``event`` at ERROR with the exception being handled (as field ``exc``)."""
         self._log(logging.ERROR, event, True, fields)
+
+
+def outcome_level(status: str, *, processed: int, failed: int) -> int:
+    """The level of a ``*.finished`` record: WARNING for a failed run, ERROR when every item failed.
+
+    ``journalctl -p warning`` is what operators watch; a failed run must show there, and one that
+    failed every item means the job is broken (e.g. no pool worker can start), not unlucky.
+    """
+    if status != "failed":
+        return logging.INFO
+    return logging.ERROR if failed and not processed else logging.WARNING
 
 
 def get_logger(name: str) -> StructLogger:

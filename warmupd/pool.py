@@ -16,19 +16,37 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
+import ctypes
 import functools
+import gc
 import importlib
 import multiprocessing
 import os
+import signal
+import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures.process import BrokenProcessPool
+from multiprocessing import resource_tracker
+from multiprocessing import util as mp_util
 from types import TracebackType
 from typing import Any, TypeVar
 
 from warmupd.clock import Clock, SystemClock
 from warmupd.errors import ProducerError
+from warmupd.logs import (
+    capture_process_output,
+    configure_logging,
+    get_logger,
+    journald_stream_matches,
+    logging_settings,
+)
+from warmupd.systemd import journal_stream
 
 T = TypeVar("T")
+
+log = get_logger("warmupd.pool")
 
 DEFAULT_PRELOAD: tuple[str, ...] = ("warmupd.producers.forecast:warm_up",)
 """``module:function`` hooks every worker runs at start: pay the statsmodels import once."""
@@ -41,25 +59,88 @@ _THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 WORKER_NICENESS = 10
 """How much lower the workers' scheduling priority is than the daemon's."""
 
+PARENT_POLL_S = 0.5
+"""How often a worker's parent watch checks that the daemon still lives (see :func:`watch_parent`)."""
 
-def init_worker(preload: Sequence[str]) -> None:
-    """Worker initializer: pin native thread pools to one thread, then run the preload hooks.
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
-    Runs in the worker before anything imports numpy, which reads these variables once at import.
+
+def init_worker(
+    preload: Sequence[str],
+    log_settings: tuple[str, str] = ("text", "info"),
+    parent_pid: int | None = None,
+) -> None:
+    """Worker initializer: one-line logging, die with the daemon, pin native thread pools, lower
+    the priority (best-effort), then run the preload hooks.
+
+    Runs in the worker before anything imports numpy, which reads the thread variables once at
+    import.
 
     :param preload: ``"module"`` (imported) or ``"module:function"`` (imported, then called).
+    :param log_settings: the daemon's ``(format, level)`` (:func:`~warmupd.logs.logging_settings`).
+    :param parent_pid: the daemon's pid; the worker ends when that process is gone.
     """
+    # First, so that everything after it — a failing preload hook, a statsmodels warning, an
+    # uncaught exception — reaches the journal as one record with its priority, never as raw
+    # multi-line stderr (the worker writes to the daemon's stderr, i.e. the journal stream).
+    configure_logging(*log_settings)
+    capture_process_output()
+    if parent_pid is not None:
+        watch_parent(parent_pid)
     for name in _THREAD_ENV:
         os.environ[name] = "1"
-    # Forecasts are batch work; the daemon's event loop answers requests. When every core is busy
-    # with a fit, a lower priority lets the loop get a core at once (bench P2: healthz p99 19 ms at
-    # the same niceness, 7 ms with this), and it costs the jobs no throughput.
-    os.nice(WORKER_NICENESS)
+    lower_priority(WORKER_NICENESS)
     for spec in preload:
         module_name, _, function_name = spec.partition(":")
         module = importlib.import_module(module_name)
         if function_name:
             getattr(module, function_name)()
+
+
+def lower_priority(niceness: int) -> bool:
+    """Raise this process's niceness by ``niceness``; a refusal is logged, never fatal.
+
+    Forecasts are batch work; the daemon's event loop answers requests. When every core is busy
+    with a fit, a lower priority lets the loop get a core at once (bench P2: healthz p99 19 ms at
+    the same niceness, 7 ms with this), and it costs the jobs no throughput. A sandbox may forbid
+    ``setpriority`` (systemd's ``@resources`` set does; the shipped unit allows it back): then the
+    worker computes at the daemon's priority rather than not at all.
+
+    :returns: whether the priority was lowered.
+    """
+    try:
+        os.nice(niceness)
+    except OSError as exc:
+        log.debug("pool.priority_unchanged", niceness=niceness, error=exc.strerror or str(exc))
+        return False
+    return True
+
+
+def watch_parent(parent_pid: int) -> None:
+    """End this worker as soon as the process ``parent_pid`` is gone, however it died (SPEC §17).
+
+    Two mechanisms, because each has a gap. ``PR_SET_PDEATHSIG`` delivers SIGKILL at once, but it
+    fires when the *thread* that spawned us exits — ``ProcessPoolExecutor.submit`` spawns on the
+    calling thread, the event loop's, which lives as long as the daemon (its manager thread spawns
+    only with ``max_tasks_per_child``, unused here) — and a sandbox may refuse ``prctl``. A daemon
+    thread that polls ``getppid()`` every :data:`PARENT_POLL_S` catches everything else.
+    Comparing with the pid passed in (not our ``getppid()`` at start) also covers a parent that
+    died before this ran.
+    """
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+    def poll() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(PARENT_POLL_S)
+        # The daemon is gone: nobody waits for our results, and exiting normally could block on
+        # the executor's queues. _exit skips both.
+        os._exit(1)
+
+    threading.Thread(target=poll, name="parent-watch", daemon=True).start()
 
 
 class ProcessPool:
@@ -108,11 +189,12 @@ class ProcessPool:
 
     def _ensure_executor(self) -> concurrent.futures.ProcessPoolExecutor:
         if self._executor is None:
+            start_resource_tracker()
             self._executor = concurrent.futures.ProcessPoolExecutor(
                 max_workers=self.workers,
                 mp_context=self._context,
                 initializer=init_worker,
-                initargs=(self._preload,),
+                initargs=(self._preload, logging_settings(), os.getpid()),
             )
             self.started += 1
         return self._executor
@@ -227,3 +309,58 @@ def _join_all(processes: list[Any], timeout_s: float) -> None:
     """Join terminated workers (on a thread: joining blocks)."""
     for process in processes:
         process.join(timeout_s)
+
+
+def start_resource_tracker() -> None:
+    """Start multiprocessing's resource tracker now, its stderr a journald stream when we have one.
+
+    ``spawn`` starts the tracker with the first worker and gives it our stderr; what it prints (a
+    leaked-semaphore warning, a traceback) would reach the journal as raw lines at priority info.
+    Started here, with fd 2 briefly pointing at a stream of priority warning, each of its lines is
+    a warning record. Our own records written in that instant keep their ``<N>`` prefix.
+    """
+    stream = journal_stream("warmupd-resource-tracker", 4) if journald_stream_matches() else None
+    if stream is None:
+        resource_tracker.ensure_running()
+        return
+    saved = os.dup(2)
+    try:
+        os.dup2(stream.fileno(), 2)
+        resource_tracker.ensure_running()
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        stream.close()
+
+
+def stop_resource_tracker() -> None:
+    """End multiprocessing's resource tracker process; call it last, when the process exits.
+
+    It ignores SIGTERM and ends only when every holder of its pipe has exited, which races with
+    systemd killing what is left in the cgroup once the main process is gone: at every stop after
+    the pool had been used, systemd SIGKILLed it. Here the semaphores' own clean-ups run first
+    (each unlinks its semaphore and tells the tracker), then our end of its pipe is closed and the
+    tracker is waited for; it exits with nothing to clean up and nothing to print. Earlier — while
+    an executor's queues may still exist — it would unlink semaphores in use, or a later clean-up
+    would start a new tracker.
+
+    When the daemon crashes, the tracker ends by itself once the workers, which die with the
+    daemon (:func:`watch_parent`), are gone.
+    """
+    # A pool closed mid-run leaves its executor's manager thread winding down; it still holds the
+    # queues and, collecting them, would unregister their semaphores while the tracker stops.
+    for thread in threading.enumerate():
+        if type(thread).__name__ == "_ExecutorManagerThread":  # no public name for the type
+            thread.join(5.0)
+    gc.collect()
+    # The clean-ups multiprocessing itself would run at exit (exit priority 0: semaphores);
+    # run now, they are done with, so none is left to restart the tracker afterwards.
+    run_finalizers = getattr(mp_util, "_run_finalizers", None)
+    if run_finalizers is not None:
+        run_finalizers(0)
+    tracker = getattr(resource_tracker, "_resource_tracker", None)
+    # Only a tracker this process launched (_pid set); a child using its parent's has no pid.
+    if tracker is not None and getattr(tracker, "_pid", None) is not None:
+        stop = getattr(tracker, "_stop", None)
+        if stop is not None:
+            stop()

@@ -205,12 +205,18 @@ class ScheduleStore:
         return (row["last_fire_at"], row["next_fire_at"]) if row else (None, None)
 
     async def save(self, job: str, last_fire_ms: int | None, next_fire_ms: int | None) -> None:
-        """Persist a job's last and next fire; ``last_fire_at`` never moves backwards."""
+        """Persist a job's last and next fire; ``last_fire_at`` never moves backwards.
+
+        NULL ("never fired") stays NULL until a real fire is saved: turning it into 0 made the next
+        start count every slot since 1970 as missed (issue 17).
+        """
+        # SQLite's multi-argument max() is NULL when either side is; coalesce then keeps the side
+        # that is set, so a NULL never replaces a fire and never becomes the epoch.
         await self.db.execute(
             """INSERT INTO schedule_state(job, last_fire_at, next_fire_at) VALUES (?, ?, ?)
                ON CONFLICT(job) DO UPDATE SET
-                   last_fire_at = max(coalesce(schedule_state.last_fire_at, 0),
-                                      coalesce(excluded.last_fire_at, 0)),
+                   last_fire_at = coalesce(max(schedule_state.last_fire_at, excluded.last_fire_at),
+                                           schedule_state.last_fire_at, excluded.last_fire_at),
                    next_fire_at = excluded.next_fire_at""",
             (job, last_fire_ms, next_fire_ms),
         )

@@ -18,7 +18,10 @@ from collections.abc import Mapping
 
 from warmupd.clock import Clock
 
-__all__ = ["SystemdNotifier", "watchdog_loop"]
+__all__ = ["JOURNAL_STDOUT", "SystemdNotifier", "journal_stream", "watchdog_loop"]
+
+JOURNAL_STDOUT = "/run/systemd/journal/stdout"
+"""journald's stream socket: what systemd connects a service's stdout/stderr to."""
 
 
 def _socket_address(raw: str) -> str | None:
@@ -159,3 +162,29 @@ async def watchdog_loop(notifier: SystemdNotifier, clock: Clock) -> None:
     while True:
         notifier.watchdog()
         await clock.sleep(interval_s)
+
+
+def journal_stream(
+    identifier: str, priority: int, *, path: str = JOURNAL_STDOUT
+) -> socket.socket | None:
+    """A new journald stream whose every line is a record at ``priority`` (``sd_journal_stream_fd``).
+
+    For output that cannot be formatted as one record with its ``<N>`` prefix: a process's dying
+    stack dump (faulthandler writes raw lines from a signal handler) or a child process we do not
+    control. Lines that do start with ``<N>`` keep that priority (``level_prefix`` is on), so our
+    own records written to it lose nothing. journald files the records under our unit by the
+    connecting process's cgroup.
+
+    :returns: the connected socket (write-only), or None where there is no journald.
+    """
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        sock.connect(path)
+        sock.shutdown(socket.SHUT_RD)
+        # identifier, unit (empty: journald derives it), priority, level_prefix, forward to
+        # syslog, kmsg, console: the header journald-stream.c expects, one value per line.
+        sock.sendall(f"{identifier}\n\n{priority}\n1\n0\n0\n0\n".encode())
+    except OSError:
+        sock.close()
+        return None
+    return sock

@@ -22,7 +22,7 @@ from warmupd.jobs.base import Fencing, ItemResult
 from warmupd.jobs.parts import PARTS, Warmer
 from warmupd.jobs.slots import Slots
 from warmupd.locks import Locks, renewing
-from warmupd.logs import get_logger
+from warmupd.logs import get_logger, outcome_level
 from warmupd.metrics import Metrics
 from warmupd.models import Acquired, Comparison, Held, RunStatus, Trigger, WarmupState
 from warmupd.runs import RunStore
@@ -307,7 +307,9 @@ class OnDemand:
         )
         final = WarmupState.READY if status is RunStatus.SUCCESS else WarmupState.FAILED
         await self.warmups.set(slug, data_hash, final, now, error=error, run_id=run_id)
-        log.info("ondemand.finished", slug=slug, run=run_id, status=status)
+        level = outcome_level(status, processed=counts["processed"], failed=counts["failed"])
+        extra = {"error": error} if error else {}
+        log.log(level, "ondemand.finished", slug=slug, run=run_id, status=status, **extra)
         if self.metrics:
             self.metrics.run_finished(
                 JOB_ON_DEMAND,

@@ -30,7 +30,7 @@ from warmupd.jobs.base import Fencing, ItemOutcome, ItemResult, Job, RunContext,
 from warmupd.jobs.run_state import ActiveRun, Tally
 from warmupd.locks import Locks, renewing
 from warmupd.locks.holder import describe_holder
-from warmupd.logs import get_logger
+from warmupd.logs import get_logger, outcome_level
 from warmupd.metrics import Metrics
 from warmupd.models import Acquired, Fire, Held, Lease, RunRecord, RunStatus, Trigger
 from warmupd.runs import RunStore
@@ -325,7 +325,10 @@ class JobRunner:
                 metadata=metadata,
             )
         )
-        log.info(
+        # A failed run must show in `journalctl -p warning` (what the docs recommend watching);
+        # one that failed every item means the job is broken, not unlucky.
+        log.log(
+            outcome_level(status, processed=tally.processed, failed=tally.failed),
             "run.finished",
             job=job.name,
             run=run_id,
