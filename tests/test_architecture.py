@@ -19,6 +19,7 @@ LAYERS: dict[str, int] = {
     "scheduler": 1,  # cron rules only; config validates schedules with it
     "config_values": 1,
     "config": 1,
+    "config_checks": 1,
     "db": 1,
     "schemas": 1,
     "metrics": 1,

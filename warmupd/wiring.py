@@ -94,7 +94,7 @@ def make_insights(config: Config, pool: ProcessPool) -> InsightsProducer:
             timeout_s=ai.timeout_ms / 1000,
             max_retries=ai.max_retries,
             prompt_version=ai.prompt_version,
-            concurrency=ai.concurrency,
+            max_in_flight=ai.max_in_flight,
             facts_runner=facts_runner,
         )
     return BuiltinInsights(prompt_version=ai.prompt_version, facts_runner=facts_runner)
