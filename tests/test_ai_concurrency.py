@@ -103,6 +103,9 @@ class InlinePool:
     async def run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return fn(*args, **kwargs)
 
+    def start(self) -> None:
+        pass
+
 
 @contextlib.asynccontextmanager
 async def model_server(model: GatedModel) -> AsyncIterator[str]:

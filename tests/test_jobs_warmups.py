@@ -41,9 +41,15 @@ class RecordingCpu:
     def __init__(self) -> None:
         self.calls: list[str] = []
         self.gate: asyncio.Event | None = None
+        self.log: list[str] = []
+        """``start`` and the name of each function run, in order."""
+
+    def start(self) -> None:
+        self.log.append("start")
 
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         self.calls.append(fn.__name__)
+        self.log.append(fn.__name__)
         if self.gate is not None:
             await self.gate.wait()
         return fn(*args, **kwargs)
@@ -180,6 +186,8 @@ async def test_forecasts_job_computes_then_skips_up_to_date_then_recomputes_chan
         0,
     )
     assert world.cpu.calls.count("forecast_term") == 2  # both terms of the long comparison
+    # The run started the pool before its first item asked it for anything (SPEC §17).
+    assert world.cpu.log[:2] == ["start", "forecast_term"]
     pack = json.loads(await world.service.pack("tea-vs-coffee"))
     assert pack["forecasts"]["termA"]["term"] == "termA"
     assert pack["forecasts"]["termB"]["termName"] == "coffee"
@@ -219,6 +227,7 @@ async def test_insights_job_writes_packs_for_viewed_comparisons(world: World) ->
     await world.comparisons.upsert(comparison("unviewed"), now)
     record = await run(world, JOB_INSIGHTS)
     assert (record.processed, record.metadata["selected"]) == (1, 1)
+    assert world.cpu.log[0] == "start"  # the facts step runs in the pool: started with the run
     pack = json.loads(await world.service.pack("viewed"))
     assert "tea" in pack["insights"]["meaningExplanation"]["text"]
     assert (await run(world, JOB_INSIGHTS)).skipped == 1
@@ -283,6 +292,8 @@ async def test_on_demand_single_flight_for_a_thousand_requests(world: World) -> 
         await asyncio.sleep(0.01)
     assert world.on_demand.computations == 1
     assert world.cpu.calls.count("forecast_term") == 2
+    assert world.cpu.log.count("start") == 1  # when the one warmup was queued, before its items
+    assert world.cpu.log[0] == "start"
     statuses = [s for slug, s in world.warmups.history if slug == "hot"]
     assert statuses == [WarmupState.QUEUED, WarmupState.RUNNING, WarmupState.READY]
     assert (await world.on_demand.request("hot", c.data_hash))["status"] == "ready"

@@ -15,7 +15,7 @@ from typing import Any
 
 from warmupd.cache import CacheStore
 from warmupd.clock import Clock
-from warmupd.config import JOB_ON_DEMAND, Config, load_config
+from warmupd.config import JOB_FORECASTS, JOB_INSIGHTS, JOB_ON_DEMAND, Config, load_config
 from warmupd.db import Database
 from warmupd.errors import ConfigError
 from warmupd.jobs import build_jobs
@@ -38,6 +38,12 @@ from warmupd.status import LockState
 from warmupd.store import ComparisonStore, WarmupStore
 
 log = get_logger("warmupd.daemon")
+
+POOL_JOBS = (JOB_FORECASTS, JOB_INSIGHTS)
+"""The scheduled jobs whose items compute in the process pool."""
+POOL_PREWARM_S = 10.0
+"""How long before such a job's fire the pool's workers are started (their start-up, statsmodels
+imports included, takes 1–3 s on a small machine; SPEC §17: the first items must not wait for it)."""
 
 
 class ConfigHolder:
@@ -259,3 +265,28 @@ async def build_core(
         runner=runner,
         on_demand=on_demand,
     )
+
+
+async def prewarm_pool(
+    pool: ProcessPool, next_run_ms: Callable[[], int | None], clock: Clock, *, lead_s: float
+) -> None:
+    """Loop forever: start the pool ``lead_s`` before each fire of a job that computes in it.
+
+    ``next_run_ms`` tells when the next such fire runs (``None``: none scheduled). The lead is
+    capped at half the pool's idle shutdown, so a pool started ahead is not reaped before the fire.
+    """
+    lead_ms = min(lead_s, pool.idle_shutdown_s / 2) * 1000
+    started_for: int | None = None
+    while True:
+        due_ms = next_run_ms()
+        now_ms = clock.wall_ms()
+        if due_ms is None:
+            await clock.sleep(60.0)
+            continue
+        wait_s = (due_ms - lead_ms - now_ms) / 1000
+        if due_ms == started_for or wait_s > 0:
+            # Re-read at least once a minute: a reload or a clock jump may move the fire.
+            await clock.sleep(min(max(wait_s, 1.0), 60.0))
+            continue
+        pool.start()
+        started_for = due_ms

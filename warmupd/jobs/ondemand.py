@@ -138,6 +138,7 @@ class OnDemand:
                 retry_after_s=5,
             )
         flight = self._flights[key] = _Flight(slug, data_hash)
+        self.warmer.start_cpu()  # the pool's workers start while the warmup waits for its lock
         flight.task = asyncio.create_task(self._run(flight), name=f"warmup:{slug}")
         self._count("queued")
         self._publish_depth()

@@ -45,6 +45,10 @@ class CpuRunner(Protocol):
         """Run ``fn`` elsewhere and return its result."""
         ...
 
+    def start(self) -> None:
+        """Get ready for :meth:`run` calls soon (start worker processes) without waiting."""
+        ...
+
 
 @dataclass(frozen=True)
 class PartState:
@@ -106,6 +110,10 @@ class Warmer:
         self._batches: dict[bool, dict[str, asyncio.Future[PartsRead | None]]] = {}
         self._in_flight: dict[tuple[str, bool], asyncio.Future[PartsRead | None]] = {}
         self._loading: set[asyncio.Task[None]] = set()
+
+    def start_cpu(self) -> None:
+        """A run that computes parts is starting: have the CPU runner start its workers now."""
+        self.cpu.start()
 
     @property
     def insights_version(self) -> str:
