@@ -300,7 +300,7 @@ async def get_pack(request: web.Request) -> web.Response:
     """The premium pack (a read; may schedule a warmup or a refresh)."""
     slug = request.match_info["slug"]
     body = await request.app[SERVICES].comparisons.pack(slug)
-    return web.Response(text=body, content_type="application/json", charset="utf-8")
+    return web.Response(body=body, content_type="application/json", charset="utf-8")
 
 
 async def upsert_comparison(request: web.Request) -> web.Response:

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
+from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 from warmupd.cache import (
@@ -36,6 +37,7 @@ FORECAST_B = "forecastB"
 INSIGHTS_PART = "insights"
 PARTS = (FORECAST_A, FORECAST_B, INSIGHTS_PART)
 _TERM_LABEL = {FORECAST_A: "termA", FORECAST_B: "termB"}
+_NEVER = 2**63 - 1
 
 
 class CpuRunner(Protocol):
@@ -70,6 +72,34 @@ class PartState:
         return self.freshness
 
 
+SNAPSHOT_BUDGET_BYTES = 16 * 1024 * 1024
+"""Stored texts the read snapshots may hold in memory; the oldest are dropped beyond it."""
+
+
+@dataclass
+class Snapshot:
+    """What one statement found for a comparison, tagged with the state version it saw.
+
+    Freshness is not part of it: every read computes it at its own time from the expiry times, so a
+    snapshot kept in memory never freezes ``fresh``/``stale``. It is valid until the state version
+    moves (any process wrote) or one of its entries expires (the statement would not return it).
+    """
+
+    state_version: int
+    head: ComparisonHead
+    entries: dict[str, StoredEntry]
+    """By part; an absent part had no live entry."""
+    has_texts: bool
+    valid_until_ms: int
+    memo: dict[str, bytes] = field(default_factory=dict)
+    """Renderings of this snapshot (the pack's encoded body), made once by the read paths."""
+
+    @property
+    def size(self) -> int:
+        """Roughly the memory its texts take."""
+        return sum(len(e.text or "") for e in self.entries.values())
+
+
 @dataclass(frozen=True)
 class PartsRead:
     """A comparison's head with its parts' states (and, when asked, their stored JSON texts)."""
@@ -77,6 +107,8 @@ class PartsRead:
     head: ComparisonHead
     states: dict[str, PartState]
     texts: dict[str, str | None]
+    memo: dict[str, bytes] = field(default_factory=dict)
+    """The snapshot's renderings: valid as long as ``head`` and ``texts`` are the same."""
 
 
 def part_keys(slug: str, data_hash: str) -> dict[str, str]:
@@ -107,9 +139,12 @@ class Warmer:
         self.cache_config = cache_config
         self.forecast_config = forecast_config
         self.clock = clock
-        self._batches: dict[bool, dict[str, asyncio.Future[PartsRead | None]]] = {}
-        self._in_flight: dict[tuple[str, bool], asyncio.Future[PartsRead | None]] = {}
+        self._batches: dict[bool, dict[str, asyncio.Future[Snapshot | None]]] = {}
+        self._in_flight: dict[tuple[str, bool], asyncio.Future[Snapshot | None]] = {}
         self._loading: set[asyncio.Task[None]] = set()
+        self._version: asyncio.Future[int] | None = None
+        self._snapshots: OrderedDict[str, Snapshot] = OrderedDict()
+        self._snapshot_bytes = 0
 
     def start_cpu(self) -> None:
         """A run that computes parts is starting: have the CPU runner start its workers now."""
@@ -137,27 +172,67 @@ class Warmer:
     async def read(self, slug: str, *, values: bool = False, join: bool = True) -> PartsRead | None:
         """The comparison's head and its parts' states; None for an unknown slug.
 
+        Answered from a snapshot in memory when the state version has not moved since it was read
+        (one cheap statement, shared like the reads below, tells) and none of its entries expired;
+        states are computed at the time of this call either way.
+
         Reads are batched: every read asked during one turn of the event loop is answered by one
         statement issued at the next turn (the "data loader" pattern), so concurrent requests cost
         one trip to SQLite's thread per batch, not one each, and two readers of one slug share
         it. Under no load a batch holds one read and costs one loop turn. A caller gets a
         snapshot taken after its call, at most one loop turn later.
         """
+        if join:
+            version = await self._state_version()
+            kept = self._snapshots.get(slug)
+            now_ms = self.clock.wall_ms()
+            if (
+                kept is not None
+                and kept.state_version == version
+                and now_ms < kept.valid_until_ms
+                and (kept.has_texts or not values)
+            ):
+                return self._parts(kept, now_ms)
         loop = asyncio.get_running_loop()
         # A read of this slug already on its way to SQLite answers this caller too, unless the
         # caller needs a statement issued after its call (``join=False``).
         future = self._in_flight.get((slug, values)) if join else None
-        if future is not None:
-            return await asyncio.shield(future)
-        batch = self._batches.get(values)
-        if batch is None:
-            batch = self._batches[values] = {}
-            loop.call_soon(self._flush, values)
-        future = batch.get(slug)
         if future is None:
-            future = batch[slug] = loop.create_future()
+            batch = self._batches.get(values)
+            if batch is None:
+                batch = self._batches[values] = {}
+                loop.call_soon(self._flush, values)
+            future = batch.get(slug)
+            if future is None:
+                future = batch[slug] = loop.create_future()
         # Shielded: one caller giving up (a client disconnect) must not cancel the others' read.
+        snapshot = await asyncio.shield(future)
+        return None if snapshot is None else self._parts(snapshot, self.clock.wall_ms())
+
+    async def _state_version(self) -> int:
+        """The state version, by a statement shared by every caller of a loop turn (or in flight)."""
+        future = self._version
+        if future is None:
+            future = self._version = asyncio.get_running_loop().create_future()
+            task = asyncio.ensure_future(self._load_version(future))
+            self._loading.add(task)
+            task.add_done_callback(self._loading.discard)
         return await asyncio.shield(future)
+
+    async def _load_version(self, future: asyncio.Future[int]) -> None:
+        try:
+            version = await self.cache.state_version()
+        except BaseException as exc:
+            future.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+        else:
+            future.set_result(version)
+        finally:
+            self._version = None
+            # Retrieved here so that an error nobody awaits any more is not logged as lost.
+            if future.done() and not future.cancelled():
+                future.exception()
 
     def _flush(self, values: bool) -> None:
         batch = self._batches.pop(values)
@@ -171,9 +246,9 @@ class Warmer:
     def _landed(self, key: tuple[str, bool], _: object) -> None:
         self._in_flight.pop(key, None)
 
-    async def _load(self, batch: dict[str, asyncio.Future[PartsRead | None]], values: bool) -> None:
+    async def _load(self, batch: dict[str, asyncio.Future[Snapshot | None]], values: bool) -> None:
         try:
-            found = await self.cache.read_comparisons(
+            version, found = await self.cache.read_comparisons(
                 list(batch), self.clock.wall_ms(), values=values
             )
         except BaseException as exc:
@@ -184,25 +259,64 @@ class Warmer:
                 raise
             return
         for slug, future in batch.items():
+            snapshot = self._keep(slug, version, found.get(slug), values)
             if not future.done():
-                future.set_result(self._parts(found.get(slug)))
+                future.set_result(snapshot)
 
-    def _parts(
-        self, found: tuple[ComparisonHead, dict[str, StoredEntry]] | None
-    ) -> PartsRead | None:
+    def _keep(
+        self,
+        slug: str,
+        version: int,
+        found: tuple[ComparisonHead, dict[str, StoredEntry]] | None,
+        values: bool,
+    ) -> Snapshot | None:
+        """Make the snapshot of what one statement found, and keep it for later reads."""
+        old = self._snapshots.pop(slug, None)
+        if old is not None:
+            self._snapshot_bytes -= old.size
         if found is None:
             return None
-        head, entries = found
+        head, by_key = found
+        entries = {
+            part: by_key[key]
+            for part, key in part_keys(head.slug, head.data_hash).items()
+            if key in by_key
+        }
+        snapshot = Snapshot(
+            state_version=version,
+            head=head,
+            entries=entries,
+            has_texts=values,
+            valid_until_ms=min((e.stale_until_ms for e in entries.values()), default=_NEVER),
+        )
+        if old is not None and (
+            old.state_version > version
+            or (old.state_version == version and old.has_texts and not values)
+        ):
+            # A newer snapshot landed first (statements may finish out of order), or the same
+            # state with the texts: keep the one that answers more reads.
+            self._snapshots[slug] = old
+            self._snapshot_bytes += old.size
+            return snapshot
+        self._snapshots[slug] = snapshot
+        self._snapshot_bytes += snapshot.size
+        while self._snapshot_bytes > SNAPSHOT_BUDGET_BYTES and len(self._snapshots) > 1:
+            _, dropped = self._snapshots.popitem(last=False)
+            self._snapshot_bytes -= dropped.size
+        return snapshot
+
+    def _parts(self, snapshot: Snapshot, now_ms: int) -> PartsRead:
         states: dict[str, PartState] = {}
         texts: dict[str, str | None] = {}
-        for part, key in part_keys(head.slug, head.data_hash).items():
-            entry = entries.get(key)
+        for part in PARTS:
+            entry = snapshot.entries.get(part)
             if entry is None:
                 states[part], texts[part] = PartState(Freshness.MISSING, False), None
             else:
-                states[part] = PartState(entry.freshness, entry.version == self.version_of(part))
+                current = entry.version == self.version_of(part)
+                states[part] = PartState(entry.freshness_at(now_ms), current)
                 texts[part] = entry.text
-        return PartsRead(head=head, states=states, texts=texts)
+        return PartsRead(head=snapshot.head, states=states, texts=texts, memo=snapshot.memo)
 
     async def states(self, slug: str, data_hash: str, now_ms: int) -> dict[str, PartState]:
         """``{part: PartState}`` for the three parts, without loading values."""

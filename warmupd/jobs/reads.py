@@ -23,6 +23,32 @@ from warmupd.store import ComparisonStore, WarmupStore
 log = get_logger("warmupd.reads")
 
 
+_PACK = "pack"
+_PACK_TAIL = {
+    (overall, missing): (
+        f'"freshness": "{overall.value}", "needsWarmup": {"true" if missing else "false"}}}'
+    ).encode()
+    for overall in Freshness
+    for missing in (False, True)
+}
+"""The pack's last two fields, which a read computes at its own time: every variant, encoded once."""
+
+
+def _pack_head(read: PartsRead) -> bytes:
+    """The pack up to its time-dependent fields, encoded."""
+    head = read.head
+
+    def part(name: str) -> str:
+        return read.texts[name] or "null"
+
+    return (
+        f'{{"slug": {json.dumps(head.slug)}, "terms": {json.dumps([head.term_a, head.term_b])}, '
+        f'"dataHash": {json.dumps(head.data_hash)}, '
+        f'"forecasts": {{"termA": {part(FORECAST_A)}, "termB": {part(FORECAST_B)}}}, '
+        f'"insights": {part(INSIGHTS_PART)}, '
+    ).encode()
+
+
 class ComparisonService:
     """Implements :class:`warmupd.http.ComparisonsService`."""
 
@@ -93,12 +119,14 @@ class ComparisonService:
             body["lastError"] = row.error
         return body
 
-    async def pack(self, slug: str) -> str:
-        """The premium pack as JSON text; schedules a warmup for missing parts, a refresh for stale.
+    async def pack(self, slug: str) -> bytes:
+        """The premium pack as encoded JSON; schedules a warmup for missing parts, a refresh for stale.
 
         The cached parts are spliced in as the text they were stored as: decoding three values only
         to encode them again was most of the cost of this read (bench P7). ``CacheStore.put`` wrote
-        them with ``json.dumps``, so they are valid JSON by construction.
+        them with ``json.dumps``, so they are valid JSON by construction. Everything but the two
+        fields that depend on the time of the read (``freshness``, ``needsWarmup``) is encoded once
+        per snapshot of the comparison's state and kept with it.
         """
         read = await self._read(slug, values=True)
         head, states = read.head, read.states
@@ -111,17 +139,10 @@ class ComparisonService:
             except QueueFull:
                 log.warning("pack.refresh_not_queued", slug=slug, reason="queue_full")
         overall = Freshness.MISSING if missing else Freshness.STALE if stale else Freshness.FRESH
-
-        def part(name: str) -> str:
-            return read.texts[name] or "null"
-
-        return (
-            f'{{"slug": {json.dumps(slug)}, "terms": {json.dumps([head.term_a, head.term_b])}, '
-            f'"dataHash": {json.dumps(head.data_hash)}, '
-            f'"forecasts": {{"termA": {part(FORECAST_A)}, "termB": {part(FORECAST_B)}}}, '
-            f'"insights": {part(INSIGHTS_PART)}, "freshness": "{overall.value}", '
-            f'"needsWarmup": {"true" if missing else "false"}}}'
-        )
+        body = read.memo.get(_PACK)
+        if body is None:
+            body = read.memo[_PACK] = _pack_head(read)
+        return body + _PACK_TAIL[overall, missing]
 
     async def _read(self, slug: str, *, values: bool) -> PartsRead:
         read = await self.warmer.read(slug, values=values)
