@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -26,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.procs import child_env
+from bench.procs import child_env, cpu_seconds
 
 
 @dataclass(frozen=True)
@@ -39,15 +41,39 @@ class Request:
     body: str | None = None
 
 
+CLIENT_LIMIT = 0.9
+"""A load generator thread busy this share of a core or more is the limit (SPEC §17) — unless the
+server is saturated too (:func:`client_limited`)."""
+SERVER_SATURATED = 0.9
+"""A server process using this share of a core or more is saturated (one event loop)."""
+
+
 def wrk_available() -> bool:
     """True when ``wrk`` is on the PATH."""
     return shutil.which("wrk") is not None
 
 
+def ensure_wrk() -> bool:
+    """Install ``wrk`` with apt-get when it is missing and this is root on Debian/Ubuntu.
+
+    :returns: whether ``wrk`` is available afterwards.
+    """
+    if wrk_available():
+        return True
+    if shutil.which("apt-get") is None or os.geteuid() != 0:
+        return False
+    print("[loadgen] wrk is missing: apt-get install wrk", flush=True)
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for argv in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "wrk"]):
+        if subprocess.run(argv, env=env, check=False, capture_output=True).returncode != 0:
+            return False
+    return wrk_available()
+
+
 def pick_tool(tool: str) -> str:
-    """``auto`` → ``wrk`` when installed, else ``aiohttp``."""
+    """``auto`` → ``wrk`` (installed with apt-get when missing, if possible), else ``aiohttp``."""
     if tool == "auto":
-        return "wrk" if wrk_available() else "aiohttp"
+        return "wrk" if ensure_wrk() else "aiohttp"
     if tool not in ("wrk", "aiohttp"):
         raise ValueError(f"unknown load generator {tool!r}")
     return tool
@@ -205,18 +231,53 @@ def run_load(
     duration_s: float,
     tool: str = "auto",
     threads: int = 2,
+    server_pid: int | None = None,
 ) -> dict[str, Any]:
     """Drive ``base_url`` with ``connections`` closed-loop connections for ``duration_s``.
 
-    wrk takes whole seconds only: ``duration_s`` is rounded for it (at least 1 s).
+    wrk takes whole seconds only: ``duration_s`` is rounded for it (at least 1 s). The CPU both
+    sides used is recorded: the load generator's from this process's reaped children (it is the
+    only child that ends during the run), the server's from ``/proc/<server_pid>/stat``.
 
-    :returns: ``{tool, connections, requests, duration_s, rps, p50_ms, p90_ms, p99_ms, max_ms,
-        non2xx, errors}``.
+    :returns: ``{tool, connections, threads, requests, duration_s, rps, p50_ms, p90_ms, p99_ms,
+        max_ms, non2xx, errors, client_cpu_s, client_cores_per_thread, server_cpu_s,
+        server_cores, client_limited}``.
     """
     chosen = pick_tool(tool)
+    threads = min(threads, connections) if chosen == "wrk" else 1
+    server_before = cpu_seconds(server_pid) if server_pid else 0.0
+    children_before = _children_cpu_s()
     if chosen == "wrk":
-        return _run_wrk(base_url, requests, connections, duration_s, min(threads, connections))
-    return _run_aiohttp(base_url, requests, connections, duration_s)
+        result = _run_wrk(base_url, requests, connections, duration_s, threads)
+    else:
+        result = _run_aiohttp(base_url, requests, connections, duration_s)
+    client_cpu_s = _children_cpu_s() - children_before
+    wall = result["duration_s"] or duration_s
+    result["threads"] = threads
+    result["client_cpu_s"] = round(client_cpu_s, 3)
+    result["client_cores_per_thread"] = round(client_cpu_s / wall / threads, 3)
+    if server_pid:
+        server_cpu_s = cpu_seconds(server_pid) - server_before
+        result["server_cpu_s"] = round(server_cpu_s, 3)
+        result["server_cores"] = round(server_cpu_s / wall, 3)
+    result["client_limited"] = client_limited(result)
+    return result
+
+
+def client_limited(result: dict[str, Any]) -> bool:
+    """Whether the load generator, not the server, was the limit of a run (SPEC §17).
+
+    So when each generator thread was busy ≥ :data:`CLIENT_LIMIT` of a core while the server was
+    below :data:`SERVER_SATURATED` of one. Without a server reading, a busy generator counts as
+    the limit.
+    """
+    busy = result.get("client_cores_per_thread", 0.0) >= CLIENT_LIMIT
+    return bool(busy and result.get("server_cores", 0.0) < SERVER_SATURATED)
+
+
+def _children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 # --------------------------------------------------------------------------- aiohttp client process

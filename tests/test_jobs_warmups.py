@@ -19,7 +19,7 @@ from warmupd.errors import NotFound, ProducerError, QueueFull, StaleDataHash
 from warmupd.jobs import build_jobs
 from warmupd.jobs.base import Fencing
 from warmupd.jobs.ondemand import OnDemand
-from warmupd.jobs.parts import INSIGHTS_PART, Warmer
+from warmupd.jobs.parts import CHANGE_CHECK_S, INSIGHTS_PART, Warmer
 from warmupd.jobs.reads import ComparisonService
 from warmupd.jobs.runner import JobRunner
 from warmupd.locks.sqlite import SqliteLocks
@@ -428,8 +428,8 @@ async def test_concurrent_reads_are_answered_by_one_statement(world: World) -> N
     assert reads[51] is None
     await world.warmer.read("popular")  # nothing was written since: the snapshot in memory
     assert len(calls) == 1
-    await world.comparisons.upsert(comparison("popular", a0=5), now + 1)
-    await world.warmer.read("popular")  # the write moved the state version: read again
+    await world.service.upsert(comparison("popular", a0=5))
+    await world.warmer.read("popular")  # this process wrote it: read again
     assert calls[-1] == ["popular"]
 
 
@@ -463,6 +463,8 @@ async def test_a_kept_snapshot_follows_other_processes_writes_and_the_clock(worl
         fence_key="other",
         fence=1,
     )
+    # Other processes' writes are seen once the state version is checked again (CHANGE_CHECK_S).
+    await world.clock.advance(CHANGE_CHECK_S)
     seen = await world.warmer.read("kept", values=True)
     assert seen is not None
     assert (seen.texts[INSIGHTS_PART], seen.states[INSIGHTS_PART].freshness) == (

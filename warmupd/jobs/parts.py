@@ -11,7 +11,6 @@ import asyncio
 import functools
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 from warmupd.cache import (
@@ -26,11 +25,27 @@ from warmupd.clock import Clock
 from warmupd.config import CacheConfig, ForecastConfig
 from warmupd.errors import LockLost
 from warmupd.jobs.base import Fencing, ItemOutcome
+from warmupd.jobs.snapshots import PartsRead, PartState, Snapshot, Verdict
 from warmupd.models import Comparison, ComparisonHead, Freshness
 from warmupd.producers import InsightsProducer
 from warmupd.producers.forecast import PREDICTION_ENGINE_VERSION, forecast_term
 
 T = TypeVar("T")
+
+__all__ = [
+    "CHANGE_CHECK_S",
+    "FORECAST_A",
+    "FORECAST_B",
+    "INSIGHTS_PART",
+    "PARTS",
+    "CpuRunner",
+    "PartState",
+    "PartsRead",
+    "Snapshot",
+    "Verdict",
+    "Warmer",
+    "part_keys",
+]
 
 FORECAST_A = "forecastA"
 FORECAST_B = "forecastB"
@@ -52,63 +67,10 @@ class CpuRunner(Protocol):
         ...
 
 
-@dataclass(frozen=True)
-class PartState:
-    """A part's freshness, counting an entry made by another engine/prompt version as stale."""
-
-    freshness: Freshness
-    current_version: bool
-
-    @property
-    def up_to_date(self) -> bool:
-        """Fresh and made by the current engine or prompt version."""
-        return self.freshness is Freshness.FRESH and self.current_version
-
-    @property
-    def shown(self) -> Freshness:
-        """The freshness reported to clients (an old version is served as stale)."""
-        if self.freshness is Freshness.FRESH and not self.current_version:
-            return Freshness.STALE
-        return self.freshness
-
-
+CHANGE_CHECK_S = 0.1
+"""How often kept snapshots are checked against the state version (other processes' writes)."""
 SNAPSHOT_BUDGET_BYTES = 16 * 1024 * 1024
 """Stored texts the read snapshots may hold in memory; the oldest are dropped beyond it."""
-
-
-@dataclass
-class Snapshot:
-    """What one statement found for a comparison, tagged with the state version it saw.
-
-    Freshness is not part of it: every read computes it at its own time from the expiry times, so a
-    snapshot kept in memory never freezes ``fresh``/``stale``. It is valid until the state version
-    moves (any process wrote) or one of its entries expires (the statement would not return it).
-    """
-
-    state_version: int
-    head: ComparisonHead
-    entries: dict[str, StoredEntry]
-    """By part; an absent part had no live entry."""
-    has_texts: bool
-    valid_until_ms: int
-    memo: dict[str, bytes] = field(default_factory=dict)
-    """Renderings of this snapshot (the pack's encoded body), made once by the read paths."""
-
-    @property
-    def size(self) -> int:
-        """Roughly the memory its texts take."""
-        return sum(len(e.text or "") for e in self.entries.values())
-
-
-@dataclass(frozen=True)
-class PartsRead:
-    """A comparison's head with its parts' states (and, when asked, their stored JSON texts)."""
-
-    head: ComparisonHead
-    states: dict[str, PartState]
-    texts: dict[str, str | None]
-    memo: dict[str, bytes] = field(default_factory=dict)
-    """The snapshot's renderings: valid as long as ``head`` and ``texts`` are the same."""
 
 
 def part_keys(slug: str, data_hash: str) -> dict[str, str]:
@@ -142,7 +104,11 @@ class Warmer:
         self._batches: dict[bool, dict[str, asyncio.Future[Snapshot | None]]] = {}
         self._in_flight: dict[tuple[str, bool], asyncio.Future[Snapshot | None]] = {}
         self._loading: set[asyncio.Task[None]] = set()
-        self._version: asyncio.Future[int] | None = None
+        self._version: asyncio.Future[None] | None = None
+        self._seen_version = -1
+        self._check_due = 0.0
+        """Monotonic time from which a kept snapshot needs a version check first."""
+        self._forgets = 0
         self._snapshots: OrderedDict[str, Snapshot] = OrderedDict()
         self._snapshot_bytes = 0
 
@@ -170,29 +136,40 @@ class Warmer:
         return self.insights_version if part == INSIGHTS_PART else PREDICTION_ENGINE_VERSION
 
     async def read(self, slug: str, *, values: bool = False, join: bool = True) -> PartsRead | None:
-        """The comparison's head and its parts' states; None for an unknown slug.
+        """The comparison's head and its parts' states at the time of this call; None when unknown.
 
-        Answered from a snapshot in memory when the state version has not moved since it was read
-        (one cheap statement, shared like the reads below, tells) and none of its entries expired;
-        states are computed at the time of this call either way.
+        See :meth:`snapshot` for where the answer comes from.
+        """
+        snapshot = await self.snapshot(slug, values=values, join=join)
+        return None if snapshot is None else self.parts_at(snapshot, self.clock.wall_ms())
 
-        Reads are batched: every read asked during one turn of the event loop is answered by one
-        statement issued at the next turn (the "data loader" pattern), so concurrent requests cost
-        one trip to SQLite's thread per batch, not one each, and two readers of one slug share
-        it. Under no load a batch holds one read and costs one loop turn. A caller gets a
-        snapshot taken after its call, at most one loop turn later.
+    async def snapshot(
+        self, slug: str, *, values: bool = False, join: bool = True
+    ) -> Snapshot | None:
+        """What the state holds for ``slug`` (with the stored texts when ``values``); None when unknown.
+
+        From memory when nothing was written since it was read: this process's own writes drop
+        the slug's snapshot at once (:meth:`forget`); other processes' writes move the state
+        version, which is checked at most every :data:`CHANGE_CHECK_S` by one small statement
+        shared by every reader (so a write by another process is seen within that time), and a
+        snapshot is never used past the expiry of one of its entries.
+
+        Otherwise reads are batched: every read asked during one turn of the event loop is
+        answered by one statement issued at the next turn (the "data loader" pattern), so
+        concurrent requests cost one trip to SQLite's thread per batch, not one each, and two
+        readers of one slug share it. ``join=False`` never answers from memory or from a
+        statement already in flight: the caller needs a statement issued after its call.
         """
         if join:
-            version = await self._state_version()
             kept = self._snapshots.get(slug)
-            now_ms = self.clock.wall_ms()
-            if (
-                kept is not None
-                and kept.state_version == version
-                and now_ms < kept.valid_until_ms
-                and (kept.has_texts or not values)
-            ):
-                return self._parts(kept, now_ms)
+            if kept is not None and (kept.has_texts or not values):
+                if self.clock.monotonic() >= self._check_due:
+                    await self._check_version()
+                if (
+                    kept.state_version == self._seen_version
+                    and self.clock.wall_ms() < kept.valid_until_ms
+                ):
+                    return kept
         loop = asyncio.get_running_loop()
         # A read of this slug already on its way to SQLite answers this caller too, unless the
         # caller needs a statement issued after its call (``join=False``).
@@ -206,33 +183,48 @@ class Warmer:
             if future is None:
                 future = batch[slug] = loop.create_future()
         # Shielded: one caller giving up (a client disconnect) must not cancel the others' read.
-        snapshot = await asyncio.shield(future)
-        return None if snapshot is None else self._parts(snapshot, self.clock.wall_ms())
+        return await asyncio.shield(future)
 
-    async def _state_version(self) -> int:
-        """The state version, by a statement shared by every caller of a loop turn (or in flight)."""
+    def forget(self, slug: str) -> None:
+        """This process wrote ``slug``'s state: drop its snapshot and check the version again.
+
+        The check matters for a read that was already in flight: it may land after the write with
+        the state from before, tagged with the version from before, which the check then refuses.
+        """
+        old = self._snapshots.pop(slug, None)
+        if old is not None:
+            self._snapshot_bytes -= old.size
+        self._check_due = 0.0
+        self._forgets += 1
+
+    async def _check_version(self) -> None:
+        """Learn the state version, by one statement shared by every caller while it is in flight."""
         future = self._version
         if future is None:
             future = self._version = asyncio.get_running_loop().create_future()
             task = asyncio.ensure_future(self._load_version(future))
             self._loading.add(task)
             task.add_done_callback(self._loading.discard)
-        return await asyncio.shield(future)
+        await asyncio.shield(future)
 
-    async def _load_version(self, future: asyncio.Future[int]) -> None:
+    async def _load_version(self, future: asyncio.Future[None]) -> None:
+        # Due again counting from before the statement: a write racing it is caught by the next.
+        due = self.clock.monotonic() + CHANGE_CHECK_S
+        forgets = self._forgets
         try:
             version = await self.cache.state_version()
         except BaseException as exc:
             future.set_exception(exc)
+            future.exception()  # retrieved: an error nobody awaits any more is not "lost"
             if not isinstance(exc, Exception):
                 raise
         else:
-            future.set_result(version)
+            self._seen_version = max(self._seen_version, version)
+            if forgets == self._forgets:  # no forget() while the statement was on its way
+                self._check_due = due
+            future.set_result(None)
         finally:
             self._version = None
-            # Retrieved here so that an error nobody awaits any more is not logged as lost.
-            if future.done() and not future.cancelled():
-                future.exception()
 
     def _flush(self, values: bool) -> None:
         batch = self._batches.pop(values)
@@ -258,6 +250,7 @@ class Warmer:
             if not isinstance(exc, Exception):
                 raise
             return
+        self._seen_version = max(self._seen_version, version)
         for slug, future in batch.items():
             snapshot = self._keep(slug, version, found.get(slug), values)
             if not future.done():
@@ -305,7 +298,8 @@ class Warmer:
             self._snapshot_bytes -= dropped.size
         return snapshot
 
-    def _parts(self, snapshot: Snapshot, now_ms: int) -> PartsRead:
+    def parts_at(self, snapshot: Snapshot, now_ms: int) -> PartsRead:
+        """The parts' states of ``snapshot`` at ``now_ms`` (freshness is always judged now)."""
         states: dict[str, PartState] = {}
         texts: dict[str, str | None] = {}
         for part in PARTS:
@@ -400,5 +394,6 @@ class Warmer:
             fence_key=fencing.fence_key,
             fence=fencing.fence,
         )
+        self.forget(comparison.slug)
         if not written:
             raise LockLost(f"cache write of {key} rejected: a newer lock holder already wrote it")

@@ -15,7 +15,15 @@ from warmupd.clock import Clock, ms_to_iso
 from warmupd.config import Config
 from warmupd.errors import NotFound, QueueFull
 from warmupd.jobs.ondemand import OnDemand
-from warmupd.jobs.parts import FORECAST_A, FORECAST_B, INSIGHTS_PART, PartsRead, Warmer
+from warmupd.jobs.parts import (
+    FORECAST_A,
+    FORECAST_B,
+    INSIGHTS_PART,
+    PartsRead,
+    Snapshot,
+    Verdict,
+    Warmer,
+)
 from warmupd.logs import get_logger
 from warmupd.models import Comparison, Freshness, WarmupState
 from warmupd.store import ComparisonStore, WarmupStore
@@ -71,7 +79,10 @@ class ComparisonService:
 
     async def upsert(self, comparison: Comparison) -> tuple[bool, str]:
         """Insert or update a comparison; ``(created, dataHash)``."""
-        return await self.comparisons.upsert(comparison, self.clock.wall_ms())
+        try:
+            return await self.comparisons.upsert(comparison, self.clock.wall_ms())
+        finally:
+            self.warmer.forget(comparison.slug)
 
     async def add_views(self, slug: str, count: int, at_ms: int | None) -> dict[str, Any]:
         """Add views and move ``lastVisited`` forward."""
@@ -126,23 +137,49 @@ class ComparisonService:
         to encode them again was most of the cost of this read (bench P7). ``CacheStore.put`` wrote
         them with ``json.dumps``, so they are valid JSON by construction. Everything but the two
         fields that depend on the time of the read (``freshness``, ``needsWarmup``) is encoded once
-        per snapshot of the comparison's state and kept with it.
+        per snapshot of the comparison's state and kept with it; those two are judged again
+        whenever the time passes a part's ``fresh_until`` or the insights version changes.
         """
-        read = await self._read(slug, values=True)
-        head, states = read.head, read.states
-        wanted = self.warmer.applicable(head.points)
-        missing = any(states[p].shown is Freshness.MISSING for p in wanted)
-        stale = any(states[p].shown is Freshness.STALE for p in wanted)
-        if missing or (stale and self._config().cache.stale_while_revalidate):
+        snapshot = await self.warmer.snapshot(slug, values=True)
+        if snapshot is None:
+            raise NotFound(f"unknown comparison {slug!r}")
+        now_ms = self.clock.wall_ms()
+        insights_version = self.warmer.insights_version
+        verdict = snapshot.verdict
+        if verdict is None or now_ms >= verdict.until_ms or verdict.insights != insights_version:
+            verdict = snapshot.verdict = self._verdict(snapshot, now_ms, insights_version)
+        if verdict.missing or (verdict.stale and self._config().cache.stale_while_revalidate):
             try:
-                self.on_demand.schedule(slug, head.data_hash)
+                self.on_demand.schedule(slug, snapshot.head.data_hash)
             except QueueFull:
                 log.warning("pack.refresh_not_queued", slug=slug, reason="queue_full")
-        overall = Freshness.MISSING if missing else Freshness.STALE if stale else Freshness.FRESH
-        body = read.memo.get(_PACK)
+        memo = snapshot.memo
+        body = memo.get(verdict.tail_name)
         if body is None:
-            body = read.memo[_PACK] = _pack_head(read)
-        return body + _PACK_TAIL[overall, missing]
+            head = memo.get(_PACK)
+            if head is None:
+                head = memo[_PACK] = _pack_head(self.warmer.parts_at(snapshot, now_ms))
+            body = memo[verdict.tail_name] = head + verdict.tail
+        return body
+
+    def _verdict(self, snapshot: Snapshot, now_ms: int, insights_version: str) -> Verdict:
+        """The pack's freshness at ``now_ms``, and until when it holds."""
+        states = self.warmer.parts_at(snapshot, now_ms).states
+        wanted = self.warmer.applicable(snapshot.head.points)
+        missing = any(states[p].shown is Freshness.MISSING for p in wanted)
+        stale = any(states[p].shown is Freshness.STALE for p in wanted)
+        overall = Freshness.MISSING if missing else Freshness.STALE if stale else Freshness.FRESH
+        # Freshness changes only when the time passes an entry's fresh_until (stale_until ends
+        # the snapshot itself).
+        changes = [e.fresh_until_ms for e in snapshot.entries.values() if e.fresh_until_ms > now_ms]
+        return Verdict(
+            until_ms=min(changes, default=snapshot.valid_until_ms),
+            insights=insights_version,
+            missing=missing,
+            stale=stale,
+            tail=_PACK_TAIL[overall, missing],
+            tail_name=f"pack:{overall.value}:{missing}",
+        )
 
     async def _read(self, slug: str, *, values: bool) -> PartsRead:
         read = await self.warmer.read(slug, values=values)
