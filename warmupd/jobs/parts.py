@@ -298,6 +298,23 @@ class Warmer:
             self._snapshot_bytes -= dropped.size
         return snapshot
 
+    def up_to_date(self, snapshot: Snapshot, now_ms: int) -> bool:
+        """Whether every part that applies to the comparison is up to date at ``now_ms``.
+
+        Judged again only when the time passes an entry's ``fresh_until`` or the insights version
+        changes: the answer to every warmup request of a warm comparison (bench P3).
+        """
+        version = self.insights_version
+        ready = snapshot.ready
+        if ready is None or now_ms >= ready[0] or ready[1] != version:
+            states = self.parts_at(snapshot, now_ms).states
+            value = all(states[p].up_to_date for p in self.applicable(snapshot.head.points))
+            changes = [
+                e.fresh_until_ms for e in snapshot.entries.values() if e.fresh_until_ms > now_ms
+            ]
+            ready = snapshot.ready = (min(changes, default=snapshot.valid_until_ms), version, value)
+        return ready[2]
+
     def parts_at(self, snapshot: Snapshot, now_ms: int) -> PartsRead:
         """The parts' states of ``snapshot`` at ``now_ms`` (freshness is always judged now)."""
         states: dict[str, PartState] = {}

@@ -66,6 +66,8 @@ class Snapshot:
     """Renderings of this snapshot (the pack's encoded body), made once by the read paths."""
     verdict: Verdict | None = None
     """The pack's last freshness verdict on this snapshot (see ``ComparisonService.pack``)."""
+    ready: tuple[int, str, bool] | None = None
+    """``(until_ms, insights version, every applicable part up to date)``, last judged."""
 
     @property
     def size(self) -> int:
