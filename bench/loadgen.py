@@ -275,6 +275,20 @@ def client_limited(result: dict[str, Any]) -> bool:
     return bool(busy and result.get("server_cores", 0.0) < SERVER_SATURATED)
 
 
+def cpu_note(runs: list[dict[str, Any]]) -> tuple[str, bool]:
+    """One line on the CPU both sides used over ``runs``, and whether any run must be rejected."""
+    rejected = any(r.get("client_limited") for r in runs)
+    server = [r["server_cores"] for r in runs if "server_cores" in r]
+    client = [r["client_cores_per_thread"] for r in runs if "client_cores_per_thread" in r]
+    line = (
+        f"server {min(server, default=0):.2f}–{max(server, default=0):.2f} cores, "
+        f"load generator {max(client, default=0):.2f} of a core per thread at most"
+    )
+    if rejected:
+        line += " — REJECTED: the load generator was the limit"
+    return line, rejected
+
+
 def _children_cpu_s() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime

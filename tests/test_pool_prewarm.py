@@ -47,7 +47,7 @@ async def test_the_lead_is_capped_by_the_idle_shutdown_and_no_fire_means_no_star
     try:
         await clock.advance(120.0)
         assert pool.starts == []
-        due[0] = 300_000  # the loop notices within its 60 s re-read
+        due[0] = 300_000  # the loop notices within its 5 s re-read
         for _ in range(240):
             await clock.advance(1.0)
         assert pool.starts == [298_000]  # 2 s ahead: half the 4 s idle shutdown; once per fire

@@ -41,9 +41,10 @@ log = get_logger("warmupd.daemon")
 
 POOL_JOBS = (JOB_FORECASTS, JOB_INSIGHTS)
 """The scheduled jobs whose items compute in the process pool."""
-POOL_PREWARM_S = 10.0
+POOL_PREWARM_S = 15.0
 """How long before such a job's fire the pool's workers are started (their start-up, statsmodels
-imports included, takes 1–3 s on a small machine; SPEC §17: the first items must not wait for it)."""
+imports included, takes 1–3 s on a quiet 2-core machine and ~8 s on a loaded one, at their lower
+priority; SPEC §17: the first items must not wait for it)."""
 
 
 class ConfigHolder:
@@ -281,7 +282,8 @@ async def prewarm_pool(
         due_ms = next_run_ms()
         now_ms = clock.wall_ms()
         if due_ms is None:
-            await clock.sleep(60.0)
+            # Also what the scheduler answers before it has loaded its state at start-up.
+            await clock.sleep(5.0)
             continue
         wait_s = (due_ms - lead_ms - now_ms) / 1000
         if due_ms == started_for or wait_s > 0:
