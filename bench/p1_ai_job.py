@@ -1,12 +1,13 @@
 """P1 through the real weekly AI job: makespan vs the lower bound, fixed batches beside it (SPEC §17).
 
-Run: ``python -m bench.p1_ai_job`` (~80 s; ``--quick`` for 20 items at a fifth of the time scale).
+Run: ``python -m bench.p1_ai_job`` (~110 s; ``--quick`` for 50 items at a quarter of the time scale).
 
 * A loopback fake model server (:mod:`bench.fake_model`, its own process) answers every chat
-  completion after a per-item delay: 60 draws of a seeded lognormal (σ = 1.2, the heavy tail of
-  :mod:`bench.p1_makespan`), scaled so that Σt / C = 12 s at C = 5. Each comparison's prompt gets
-  its own delay, so the run's items draw exactly that multiset whatever their order.
-* The real daemon (``python -m warmupd serve``, SQLite, ``pool_workers = 2``) with 60 demo
+  completion after a per-item delay: the 200 draws of :mod:`bench.p1_makespan` (the SPEC's P1 set:
+  a seeded lognormal, σ = 1.2, so a few calls take 10–30× the median), scaled so that Σt / C = 12 s
+  at C = 5 (median call 0.15 s, longest 3.6 s). Each comparison's prompt gets its own delay (the
+  next of the list, in order of first arrival), so the run's items draw exactly that multiset.
+* The real daemon (``python -m warmupd serve``, SQLite, ``pool_workers = 2``) with 200 demo
   comparisons, ``ai.provider = "openai"`` pointed at the fake server (the real OpenAI-compatible
   client; no retries), ``warmup-ai-explanations`` at concurrency 5. The pool is cold (never started
   since the daemon started), as the weekly run finds it after the idle shutdown.
@@ -19,7 +20,7 @@ Run: ``python -m bench.p1_ai_job`` (~80 s; ``--quick`` for 20 items at a fifth o
   2. **triggered, cold pool** (information): a second daemon on a fresh state file runs the same
      job by ``POST /api/jobs/…?wait=true`` right after start, so its pool starts only with the run:
      the difference from (1) is what starting the pool ahead of the fire saves.
-* Fixed batches (the seed's approach), measured beside: the same 60 delays through the same fake
+* Fixed batches (the seed's approach), measured beside: the same 200 delays through the same fake
   server, batches of 5 chat completions (aiohttp), each batch waiting for its slowest call.
 
 Lower bound = max(Σt / C, max t). Target: scheduled makespan ≤ 1.10 × bound + :data:`FIXED_OVERHEAD_S`
@@ -45,7 +46,7 @@ from bench.procs import BenchApp, BenchDaemon, http_json, pool_workers
 from warmupd.clock import iso_to_ms
 
 JOB = "warmup-ai-explanations"
-ITEMS = 60
+ITEMS = 200
 CONCURRENCY = 5
 TARGET_RATIO = 1.10
 FIXED_OVERHEAD_S = 0.1
@@ -157,8 +158,8 @@ def run(quick: bool = False) -> Result:
     """Run P1 through the AI job and return its verdict (printed and saved under ``bench/results/``)."""
     started = time.perf_counter()
     print(f"[p1_ai_job] machine: {machine_line()}")
-    items = 20 if quick else ITEMS
-    delays = latencies(items, 2.4 if quick else 12.0)
+    items = 50 if quick else ITEMS
+    delays = latencies(items, 3.0 if quick else 12.0)
     bound = lower_bound(delays)
     with tempfile.TemporaryDirectory(prefix="warmupd-bench-p1ai-") as tmp:
         workdir = Path(tmp)
@@ -227,7 +228,9 @@ def run(quick: bool = False) -> Result:
 def main(argv: list[str] | None = None) -> int:
     """``python -m bench.p1_ai_job [--quick]``; exit 1 if missed."""
     parser = argparse.ArgumentParser(prog="python -m bench.p1_ai_job", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="20 items, a fifth of the time scale")
+    parser.add_argument(
+        "--quick", action="store_true", help="50 items, a quarter of the time scale"
+    )
     args = parser.parse_args(argv)
     result = run(args.quick)
     return 0 if all(v.met for v in result.verdicts) else 1
