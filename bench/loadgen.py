@@ -284,6 +284,13 @@ def cpu_note(runs: list[dict[str, Any]]) -> tuple[str, bool]:
         f"server {min(server, default=0):.2f}–{max(server, default=0):.2f} cores, "
         f"load generator {max(client, default=0):.2f} of a core per thread at most"
     )
+    unsaturated = sum(1 for cores in server if cores < SERVER_SATURATED)
+    if unsaturated:
+        # Not a rejection (the generator was not the limit), but the figures are then set by
+        # whatever else used the CPUs: say so next to them.
+        line += (
+            f"; server below {SERVER_SATURATED:.0%} of a core in {unsaturated}/{len(server)} runs"
+        )
     if rejected:
         line += " — REJECTED: the load generator was the limit"
     return line, rejected
