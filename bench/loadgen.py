@@ -260,6 +260,10 @@ def run_load(
         server_cpu_s = cpu_seconds(server_pid) - server_before
         result["server_cpu_s"] = round(server_cpu_s, 3)
         result["server_cores"] = round(server_cpu_s / wall, 3)
+        # CPU per answer: what the server's work costs, whatever share of the CPUs it got (the
+        # steadier figure on a busy machine, where req/s follows the share).
+        requests = max(1, result["requests"])
+        result["server_cpu_us_per_request"] = round(server_cpu_s / requests * 1e6, 1)
     result["client_limited"] = client_limited(result)
     return result
 
@@ -280,10 +284,15 @@ def cpu_note(runs: list[dict[str, Any]]) -> tuple[str, bool]:
     rejected = any(r.get("client_limited") for r in runs)
     server = [r["server_cores"] for r in runs if "server_cores" in r]
     client = [r["client_cores_per_thread"] for r in runs if "client_cores_per_thread" in r]
+    per_request = sorted(
+        r["server_cpu_us_per_request"] for r in runs if "server_cpu_us_per_request" in r
+    )
     line = (
         f"server {min(server, default=0):.2f}–{max(server, default=0):.2f} cores, "
         f"load generator {max(client, default=0):.2f} of a core per thread at most"
     )
+    if per_request:
+        line += f", server CPU {per_request[len(per_request) // 2]:.0f} µs per answer (median)"
     unsaturated = sum(1 for cores in server if cores < SERVER_SATURATED)
     if unsaturated:
         # Not a rejection (the generator was not the limit), but the figures are then set by
@@ -294,6 +303,19 @@ def cpu_note(runs: list[dict[str, Any]]) -> tuple[str, bool]:
     if rejected:
         line += " — REJECTED: the load generator was the limit"
     return line, rejected
+
+
+def cpu_per_answer_ratio(
+    ours: list[dict[str, Any]], reference: list[dict[str, Any]]
+) -> float | None:
+    """Median server CPU per answer of ``ours`` ÷ the reference's (None without readings)."""
+    a = sorted(r["server_cpu_us_per_request"] for r in ours if "server_cpu_us_per_request" in r)
+    b = sorted(
+        r["server_cpu_us_per_request"] for r in reference if "server_cpu_us_per_request" in r
+    )
+    if not a or not b:
+        return None
+    return a[len(a) // 2] / b[len(b) // 2]
 
 
 def _children_cpu_s() -> float:

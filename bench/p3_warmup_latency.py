@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import Result, Verdict, finish, machine_line
-from bench.loadgen import Request, cpu_note, pick_tool, run_load
+from bench.loadgen import Request, cpu_note, cpu_per_answer_ratio, pick_tool, run_load
 from bench.procs import BenchApp, BenchDaemon, http_raw, pool_workers
 
 TARGET_RATIO = 1.5
@@ -241,6 +241,9 @@ def run(quick: bool = False, tool: str = "auto", threads: int = THREADS) -> Resu
             f"{cpu_note(ready[name])[0]}"
         )
     note, rejected = cpu_note([*ready["warmupd"], *ready["bare"], queued])
+    cpu_ratio = cpu_per_answer_ratio(ready["warmupd"], ready["bare"])
+    if cpu_ratio is not None:
+        print(f"  server CPU per answer, ready path: warmupd / reference = {cpu_ratio:.2f}")
     print(
         f"  queued warmupd  p50 {queued['p50_ms']:6.2f} ms  p99 {queued['p99_ms']:6.2f} ms  "
         f"{queued['rps']:7.0f} req/s  ({data['cold_slugs']} cold slugs, "
@@ -257,6 +260,7 @@ def run(quick: bool = False, tool: str = "auto", threads: int = THREADS) -> Resu
         rps=rps,
         bad=bad,
         rejected=rejected,
+        cpu_per_answer_ratio=cpu_ratio,
     )
     goal = "met" if ratio <= GOAL_RATIO else "not met"
     verdicts = [

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import Result, Verdict, finish, machine_line
-from bench.loadgen import Request, cpu_note, pick_tool, run_load
+from bench.loadgen import Request, cpu_note, cpu_per_answer_ratio, pick_tool, run_load
 from bench.procs import BenchApp, BenchDaemon, http_raw
 
 TARGET_RATIO = 0.7
@@ -112,7 +112,17 @@ def run(
             f"p99 {p99[name]:.1f} ms; {cpu_note(runs[name])[0]}"
         )
     note, rejected = cpu_note([r for rs in runs.values() for r in rs])
-    data.update(tool=chosen, rps=rps, p99_ms=p99, bad_responses=bad, rejected=rejected)
+    cpu_ratio = cpu_per_answer_ratio(runs["warmupd"], runs["bare"])
+    if cpu_ratio is not None:
+        print(f"  server CPU per answer: warmupd / reference = {cpu_ratio:.2f}")
+    data.update(
+        tool=chosen,
+        rps=rps,
+        p99_ms=p99,
+        bad_responses=bad,
+        rejected=rejected,
+        cpu_per_answer_ratio=cpu_ratio,
+    )
     verdicts = [
         Verdict(
             target="P7",
