@@ -69,8 +69,9 @@ class CpuRunner(Protocol):
 
 CHANGE_CHECK_S = 0.1
 """How often kept snapshots are checked against the state version (other processes' writes)."""
-SNAPSHOT_BUDGET_BYTES = 16 * 1024 * 1024
-"""Stored texts the read snapshots may hold in memory; the oldest are dropped beyond it."""
+SNAPSHOT_BUDGET_BYTES = 8 * 1024 * 1024
+"""Stored texts the read snapshots may hold in memory; the oldest are dropped beyond it. The pack
+bodies encoded from them (``Snapshot.memo``) take up to about twice as much again."""
 
 
 def part_keys(slug: str, data_hash: str) -> dict[str, str]:
@@ -327,7 +328,7 @@ class Warmer:
                 current = entry.version == self.version_of(part)
                 states[part] = PartState(entry.freshness_at(now_ms), current)
                 texts[part] = entry.text
-        return PartsRead(head=snapshot.head, states=states, texts=texts, memo=snapshot.memo)
+        return PartsRead(head=snapshot.head, states=states, texts=texts)
 
     async def states(self, slug: str, data_hash: str, now_ms: int) -> dict[str, PartState]:
         """``{part: PartState}`` for the three parts, without loading values."""

@@ -82,5 +82,3 @@ class PartsRead:
     head: ComparisonHead
     states: dict[str, PartState]
     texts: dict[str, str | None]
-    memo: dict[str, bytes] = field(default_factory=dict)
-    """The snapshot's renderings: valid as long as ``head`` and ``texts`` are the same."""
