@@ -1,6 +1,6 @@
 """``python -m bench [--quick] [names…]``: run the chosen benchmarks (default: all) and summarise.
 
-Names: ``p1`` (job makespan), ``p2`` (loop lag under a forecast run), ``p3`` (warmup POST latency,
+Names: ``p1`` (job makespan), ``p1ai`` (makespan through the real AI job), ``p2`` (loop lag under a forecast run), ``p3`` (warmup POST latency,
 single flight), ``p4`` (locks), ``p5`` (scheduler), ``p6`` (memory), ``p7`` (pack GET throughput),
 ``p8`` (selection), ``p9`` (forecast quality), ``p10`` (dashboard overview). Every benchmark is bounded in time and talks only to
 loopback (the machine's Redis at 127.0.0.1:6379 for P4; daemons and reference servers it starts on
@@ -23,6 +23,12 @@ def _p1(quick: bool) -> common.Result:
     from bench import p1_makespan
 
     return p1_makespan.run(quick)
+
+
+def _p1ai(quick: bool) -> common.Result:
+    from bench import p1_ai_job
+
+    return p1_ai_job.run(quick)
 
 
 def _p2(quick: bool) -> common.Result:
@@ -92,6 +98,7 @@ def _p10(quick: bool) -> common.Result:
 
 BENCHMARKS: dict[str, Runner] = {
     "p1": _p1,
+    "p1ai": _p1ai,
     "p2": _p2,
     "p3": _p3,
     "p4": _p4,

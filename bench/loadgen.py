@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -26,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.procs import child_env
+from bench.procs import child_env, cpu_seconds
 
 
 @dataclass(frozen=True)
@@ -39,15 +41,39 @@ class Request:
     body: str | None = None
 
 
+CLIENT_LIMIT = 0.9
+"""A load generator thread busy this share of a core or more is the limit (SPEC §17) — unless the
+server is saturated too (:func:`client_limited`)."""
+SERVER_SATURATED = 0.9
+"""A server process using this share of a core or more is saturated (one event loop)."""
+
+
 def wrk_available() -> bool:
     """True when ``wrk`` is on the PATH."""
     return shutil.which("wrk") is not None
 
 
+def ensure_wrk() -> bool:
+    """Install ``wrk`` with apt-get when it is missing and this is root on Debian/Ubuntu.
+
+    :returns: whether ``wrk`` is available afterwards.
+    """
+    if wrk_available():
+        return True
+    if shutil.which("apt-get") is None or os.geteuid() != 0:
+        return False
+    print("[loadgen] wrk is missing: apt-get install wrk", flush=True)
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for argv in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "wrk"]):
+        if subprocess.run(argv, env=env, check=False, capture_output=True).returncode != 0:
+            return False
+    return wrk_available()
+
+
 def pick_tool(tool: str) -> str:
-    """``auto`` → ``wrk`` when installed, else ``aiohttp``."""
+    """``auto`` → ``wrk`` (installed with apt-get when missing, if possible), else ``aiohttp``."""
     if tool == "auto":
-        return "wrk" if wrk_available() else "aiohttp"
+        return "wrk" if ensure_wrk() else "aiohttp"
     if tool not in ("wrk", "aiohttp"):
         raise ValueError(f"unknown load generator {tool!r}")
     return tool
@@ -205,18 +231,96 @@ def run_load(
     duration_s: float,
     tool: str = "auto",
     threads: int = 2,
+    server_pid: int | None = None,
 ) -> dict[str, Any]:
     """Drive ``base_url`` with ``connections`` closed-loop connections for ``duration_s``.
 
-    wrk takes whole seconds only: ``duration_s`` is rounded for it (at least 1 s).
+    wrk takes whole seconds only: ``duration_s`` is rounded for it (at least 1 s). The CPU both
+    sides used is recorded: the load generator's from this process's reaped children (it is the
+    only child that ends during the run), the server's from ``/proc/<server_pid>/stat``.
 
-    :returns: ``{tool, connections, requests, duration_s, rps, p50_ms, p90_ms, p99_ms, max_ms,
-        non2xx, errors}``.
+    :returns: ``{tool, connections, threads, requests, duration_s, rps, p50_ms, p90_ms, p99_ms,
+        max_ms, non2xx, errors, client_cpu_s, client_cores_per_thread, server_cpu_s,
+        server_cores, client_limited}``.
     """
     chosen = pick_tool(tool)
+    threads = min(threads, connections) if chosen == "wrk" else 1
+    server_before = cpu_seconds(server_pid) if server_pid else 0.0
+    children_before = _children_cpu_s()
     if chosen == "wrk":
-        return _run_wrk(base_url, requests, connections, duration_s, min(threads, connections))
-    return _run_aiohttp(base_url, requests, connections, duration_s)
+        result = _run_wrk(base_url, requests, connections, duration_s, threads)
+    else:
+        result = _run_aiohttp(base_url, requests, connections, duration_s)
+    client_cpu_s = _children_cpu_s() - children_before
+    wall = result["duration_s"] or duration_s
+    result["threads"] = threads
+    result["client_cpu_s"] = round(client_cpu_s, 3)
+    result["client_cores_per_thread"] = round(client_cpu_s / wall / threads, 3)
+    if server_pid:
+        server_cpu_s = cpu_seconds(server_pid) - server_before
+        result["server_cpu_s"] = round(server_cpu_s, 3)
+        result["server_cores"] = round(server_cpu_s / wall, 3)
+        # CPU per answer: what the server's work costs, whatever share of the CPUs it got (the
+        # steadier figure on a busy machine, where req/s follows the share).
+        requests = max(1, result["requests"])
+        result["server_cpu_us_per_request"] = round(server_cpu_s / requests * 1e6, 1)
+    result["client_limited"] = client_limited(result)
+    return result
+
+
+def client_limited(result: dict[str, Any]) -> bool:
+    """Whether the load generator, not the server, was the limit of a run (SPEC §17).
+
+    So when each generator thread was busy ≥ :data:`CLIENT_LIMIT` of a core while the server was
+    below :data:`SERVER_SATURATED` of one. Without a server reading, a busy generator counts as
+    the limit.
+    """
+    busy = result.get("client_cores_per_thread", 0.0) >= CLIENT_LIMIT
+    return bool(busy and result.get("server_cores", 0.0) < SERVER_SATURATED)
+
+
+def cpu_note(runs: list[dict[str, Any]]) -> tuple[str, bool]:
+    """One line on the CPU both sides used over ``runs``, and whether any run must be rejected."""
+    rejected = any(r.get("client_limited") for r in runs)
+    server = [r["server_cores"] for r in runs if "server_cores" in r]
+    client = [r["client_cores_per_thread"] for r in runs if "client_cores_per_thread" in r]
+    per_request = sorted(
+        r["server_cpu_us_per_request"] for r in runs if "server_cpu_us_per_request" in r
+    )
+    line = (
+        f"server {min(server, default=0):.2f}–{max(server, default=0):.2f} cores, "
+        f"load generator {max(client, default=0):.2f} of a core per thread at most"
+    )
+    if per_request:
+        line += f", server CPU {per_request[len(per_request) // 2]:.0f} µs per answer (median)"
+    unsaturated = sum(1 for cores in server if cores < SERVER_SATURATED)
+    if unsaturated:
+        # Not a rejection (the generator was not the limit), but the figures are then set by
+        # whatever else used the CPUs: say so next to them.
+        line += (
+            f"; server below {SERVER_SATURATED:.0%} of a core in {unsaturated}/{len(server)} runs"
+        )
+    if rejected:
+        line += " — REJECTED: the load generator was the limit"
+    return line, rejected
+
+
+def cpu_per_answer_ratio(
+    ours: list[dict[str, Any]], reference: list[dict[str, Any]]
+) -> float | None:
+    """Median server CPU per answer of ``ours`` ÷ the reference's (None without readings)."""
+    a = sorted(r["server_cpu_us_per_request"] for r in ours if "server_cpu_us_per_request" in r)
+    b = sorted(
+        r["server_cpu_us_per_request"] for r in reference if "server_cpu_us_per_request" in r
+    )
+    if not a or not b:
+        return None
+    return a[len(a) // 2] / b[len(b) // 2]
+
+
+def _children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 # --------------------------------------------------------------------------- aiohttp client process

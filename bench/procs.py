@@ -77,6 +77,38 @@ def http_json(
     return status, (json.loads(raw) if "json" in ctype else raw.decode())
 
 
+def http_raw(
+    url: str,
+    method: str = "GET",
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+    timeout_s: float = 60.0,
+) -> tuple[int, bytes]:
+    """One blocking loopback request; ``(status, the body's bytes as sent)``."""
+    req = urllib.request.Request(url, data=body, method=method)
+    for key, value in (headers or {}).items():
+        req.add_header(key, value)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout_s) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
+
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of ``pid`` so far, all its threads (``/proc/PID/stat``); 0 when gone."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as f:
+            # The command name (field 2) may hold spaces: split after its closing parenthesis.
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+
+
 def _stop(proc: subprocess.Popen[bytes], timeout_s: float = 30.0) -> None:
     if proc.poll() is not None:
         return
@@ -341,6 +373,12 @@ class BenchApp:
     def url(self) -> str:
         """Base URL on loopback."""
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        """The server's pid."""
+        assert self.proc is not None
+        return self.proc.pid
 
     def __enter__(self) -> BenchApp:
         with self.log_path.open("ab") as log:

@@ -254,7 +254,7 @@ class FakeComparisons:
             "updatedAt": ms_to_iso(NOW_MS),
         }
 
-    async def pack(self, slug: str) -> str:
+    async def pack(self, slug: str) -> bytes:
         self.recorder.record("pack", slug)
         c = self._get(slug)
         ready = slug in self.ready_slugs
@@ -271,7 +271,7 @@ class FakeComparisons:
                 "freshness": "fresh" if ready else "missing",
                 "needsWarmup": not ready,
             }
-        )
+        ).encode()
 
 
 @dataclass

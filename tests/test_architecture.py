@@ -20,6 +20,7 @@ LAYERS: dict[str, int] = {
     "config_values": 1,
     "config": 1,
     "config_kinds": 1,
+    "config_checks": 1,
     "db": 1,
     "schemas": 1,
     "metrics": 1,

@@ -6,6 +6,8 @@ and raw figures and cleans up after itself.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -15,6 +17,7 @@ import pytest
 from bench import (
     common,
     loadgen,
+    p1_ai_job,
     p1_makespan,
     p2_loop_lag,
     p3_warmup_latency,
@@ -24,8 +27,9 @@ from bench import (
     p7_pack_throughput,
     p8_selection,
 )
-from bench.procs import BenchApp, BenchDaemon, pool_workers
+from bench.procs import BenchApp, BenchDaemon, http_raw, pool_workers
 from tests.lock_support import require_redis
+from warmupd.config import parse_config
 
 
 def test_percentile_and_describe() -> None:
@@ -202,3 +206,67 @@ def test_p10_smoke() -> None:
     assert verdict.target == "P10"
     assert result.data["page_bytes"] > 10_000
     assert result.data["client_ms"]["n"] == 20
+
+
+def test_client_limited_rejects_only_a_busy_generator_beside_an_unsaturated_server() -> None:
+    assert loadgen.client_limited({"client_cores_per_thread": 0.95, "server_cores": 0.5})
+    assert not loadgen.client_limited({"client_cores_per_thread": 0.95, "server_cores": 0.97})
+    assert not loadgen.client_limited({"client_cores_per_thread": 0.3, "server_cores": 0.5})
+    runs = [
+        {"client_cores_per_thread": 0.2, "server_cores": 0.9, "client_limited": False},
+        {"client_cores_per_thread": 0.95, "server_cores": 0.4, "client_limited": True},
+    ]
+    line, rejected = loadgen.cpu_note(runs)
+    assert rejected
+    assert "REJECTED" in line
+
+
+@pytest.mark.slow
+def test_strict_reference_serves_the_given_bytes_and_cpu_is_recorded(tmp_path: Path) -> None:
+    pack = '{"slug": "a-b", "terms": ["a", "b"], "insights": {"x":1}}'
+    (tmp_path / "packs.json").write_text(json.dumps({"a-b": pack}), encoding="utf-8")
+    (tmp_path / "ready.json").write_bytes(b'{"slug": "a-b", "status": "ready"}')
+    args = ("--packs", str(tmp_path / "packs.json"), "--warmup", str(tmp_path / "ready.json"))
+    with BenchApp(tmp_path, "bench.bare_app", *args) as app:
+        assert http_raw(app.url + "/api/comparison/a-b") == (200, pack.encode())
+        assert http_raw(app.url + "/api/comparison/warmup", "POST", b'{"slug": "a-b"}') == (
+            200,
+            b'{"slug": "a-b", "status": "ready"}',
+        )
+        assert http_raw(app.url + "/api/comparison/nope")[0] == 404
+        result = loadgen.run_load(
+            app.url,
+            [loadgen.Request("GET", "/api/comparison/a-b")],
+            connections=2,
+            duration_s=0.5,
+            tool="aiohttp",
+            server_pid=app.pid,
+        )
+    assert result["non2xx"] == result["errors"] == 0
+    assert result["server_cpu_s"] > 0
+    assert result["client_cpu_s"] > 0
+    assert result["client_limited"] in (True, False)
+
+
+@pytest.mark.slow
+def test_fake_model_draws_each_prompt_its_delay_and_batches_run(tmp_path: Path) -> None:
+    (tmp_path / "delays.json").write_text("[0.01, 0.02, 0.03, 0.04]", encoding="utf-8")
+    with BenchApp(tmp_path, "bench.fake_model", "--delays", str(tmp_path / "delays.json")) as model:
+        seconds = asyncio.run(p1_ai_job._batches(model.url, 4, 2))
+        stats = p1_ai_job.model_stats(model, reset=True)
+        assert seconds > 0
+        assert stats["requests"] == 4
+        assert stats["delays_used_s"] == [0.01, 0.02, 0.03, 0.04]
+        assert stats["peak_in_flight"] == 2
+        assert p1_ai_job.model_stats(model)["requests"] == 0
+
+
+def test_p1_ai_job_config_and_schedule() -> None:
+    cfg = parse_config(
+        p1_ai_job.daemon_config("http://127.0.0.1:9", 10, p1_ai_job.cron_at(1_767_225_605.0)),
+        env={},
+    )
+    job = cfg.jobs[p1_ai_job.JOB]
+    assert (job.concurrency, job.limit, job.schedule) == (5, 10, "5 0 0 1 1 *")
+    assert cfg.ai.provider == "openai"
+    assert cfg.ai.max_in_flight is None  # no global cap: the run's concurrency bounds the calls

@@ -530,13 +530,13 @@ async def test_analysis_runs_through_the_facts_runner(
     assert [p["peakId"] for p in pack["peakExplanations"]] == PEAK_IDS
 
 
-async def test_requests_in_flight_are_bounded_by_concurrency(
+async def test_requests_in_flight_are_bounded_by_max_in_flight(
     llm: tuple[FakeLLM, str], client_factory: Factory
 ) -> None:
     fake, url = llm
     fake.replies = [Reply(body=chat(json.dumps(model_json())))]
     fake.latency_s = 0.03  # long enough for every call to be waiting at once
-    client, _ = client_factory(url, concurrency=2)
+    client, _ = client_factory(url, max_in_flight=2)
     packs = await asyncio.gather(*(client.insights(COMP, now_ms=NOW) for _ in range(6)))
     assert len(fake.requests) == 6
     assert fake.max_in_flight == 2

@@ -12,18 +12,18 @@ from typing import Any, TypeVar
 import pytest
 
 from tests.fakes import FakeClock
-from warmupd.cache import CacheStore
+from warmupd.cache import CacheStore, insights_key
 from warmupd.config import JOB_FORECASTS, JOB_HOUSEKEEPING, JOB_INSIGHTS, Config, parse_config
 from warmupd.db import Database
 from warmupd.errors import NotFound, ProducerError, QueueFull, StaleDataHash
 from warmupd.jobs import build_jobs
 from warmupd.jobs.base import Fencing
 from warmupd.jobs.ondemand import OnDemand
-from warmupd.jobs.parts import Warmer
+from warmupd.jobs.parts import CHANGE_CHECK_S, INSIGHTS_PART, Warmer
 from warmupd.jobs.reads import ComparisonService
 from warmupd.jobs.runner import JobRunner
 from warmupd.locks.sqlite import SqliteLocks
-from warmupd.models import Comparison, RunStatus, Trigger, WarmupState
+from warmupd.models import Comparison, Freshness, RunStatus, Trigger, WarmupState
 from warmupd.producers.insights_builtin import BuiltinInsights
 from warmupd.runs import NodeStore, RunStore
 from warmupd.store import ComparisonStore, WarmupStore
@@ -41,9 +41,15 @@ class RecordingCpu:
     def __init__(self) -> None:
         self.calls: list[str] = []
         self.gate: asyncio.Event | None = None
+        self.log: list[str] = []
+        """``start`` and the name of each function run, in order."""
+
+    def start(self) -> None:
+        self.log.append("start")
 
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         self.calls.append(fn.__name__)
+        self.log.append(fn.__name__)
         if self.gate is not None:
             await self.gate.wait()
         return fn(*args, **kwargs)
@@ -94,6 +100,8 @@ class World:
     on_demand: OnDemand
     service: ComparisonService
     other_locks: SqliteLocks
+    other_db: Database
+    """A second connection to the same file: what another warmupd process writes through."""
 
 
 @pytest.fixture
@@ -157,6 +165,7 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
             on_demand,
             service,
             SqliteLocks(db2, clock, "n2"),
+            db2,
         )
         await on_demand.shutdown(0)
 
@@ -180,6 +189,8 @@ async def test_forecasts_job_computes_then_skips_up_to_date_then_recomputes_chan
         0,
     )
     assert world.cpu.calls.count("forecast_term") == 2  # both terms of the long comparison
+    # The run started the pool before its first item asked it for anything (SPEC §17).
+    assert world.cpu.log[:2] == ["start", "forecast_term"]
     pack = json.loads(await world.service.pack("tea-vs-coffee"))
     assert pack["forecasts"]["termA"]["term"] == "termA"
     assert pack["forecasts"]["termB"]["termName"] == "coffee"
@@ -219,6 +230,7 @@ async def test_insights_job_writes_packs_for_viewed_comparisons(world: World) ->
     await world.comparisons.upsert(comparison("unviewed"), now)
     record = await run(world, JOB_INSIGHTS)
     assert (record.processed, record.metadata["selected"]) == (1, 1)
+    assert world.cpu.log[0] == "start"  # the facts step runs in the pool: started with the run
     pack = json.loads(await world.service.pack("viewed"))
     assert "tea" in pack["insights"]["meaningExplanation"]["text"]
     assert (await run(world, JOB_INSIGHTS)).skipped == 1
@@ -283,6 +295,8 @@ async def test_on_demand_single_flight_for_a_thousand_requests(world: World) -> 
         await asyncio.sleep(0.01)
     assert world.on_demand.computations == 1
     assert world.cpu.calls.count("forecast_term") == 2
+    assert world.cpu.log.count("start") == 1  # when the one warmup was queued, before its items
+    assert world.cpu.log[0] == "start"
     statuses = [s for slug, s in world.warmups.history if slug == "hot"]
     assert statuses == [WarmupState.QUEUED, WarmupState.RUNNING, WarmupState.READY]
     assert (await world.on_demand.request("hot", c.data_hash))["status"] == "ready"
@@ -412,8 +426,68 @@ async def test_concurrent_reads_are_answered_by_one_statement(world: World) -> N
     assert reads[50] is not None
     assert reads[50].head.slug == "other"
     assert reads[51] is None
-    await world.warmer.read("popular")  # a later read asks again
+    await world.warmer.read("popular")  # nothing was written since: the snapshot in memory
+    assert len(calls) == 1
+    await world.service.upsert(comparison("popular", a0=5))
+    await world.warmer.read("popular")  # this process wrote it: read again
     assert calls[-1] == ["popular"]
+
+
+async def test_a_kept_snapshot_follows_other_processes_writes_and_the_clock(world: World) -> None:
+    """Reads answered from memory must see another process's write at once, and compute
+    fresh/stale/missing at their own time (a kept snapshot must never freeze them)."""
+    now = world.clock.wall_ms()
+    c = comparison("kept")
+    await world.comparisons.upsert(c, now)
+    statements: list[list[str]] = []
+    original = world.cache.read_comparisons
+
+    async def counting(slugs: list[str], now_ms: int, *, values: bool) -> Any:
+        statements.append(sorted(slugs))
+        return await original(slugs, now_ms, values=values)
+
+    world.cache.read_comparisons = counting  # type: ignore[method-assign]
+    first = await world.warmer.read("kept", values=True)
+    assert first is not None
+    assert first.states[INSIGHTS_PART].freshness is Freshness.MISSING
+    await CacheStore(world.other_db).put(  # another process writes the pack
+        insights_key("kept", c.data_hash),
+        kind="insights",
+        slug="kept",
+        data_hash=c.data_hash,
+        version=world.warmer.insights_version,
+        value={"x": 1},
+        now_ms=now,
+        fresh_ttl_ms=DAY,
+        stale_ttl_ms=2 * DAY,
+        fence_key="other",
+        fence=1,
+    )
+    # Other processes' writes are seen once the state version is checked again (CHANGE_CHECK_S).
+    await world.clock.advance(CHANGE_CHECK_S)
+    seen = await world.warmer.read("kept", values=True)
+    assert seen is not None
+    assert (seen.texts[INSIGHTS_PART], seen.states[INSIGHTS_PART].freshness) == (
+        '{"x":1}',
+        Freshness.FRESH,
+    )
+    assert len(statements) == 2
+    world.clock.set_wall_ms(now + DAY)  # past fresh_until: stale, from memory
+    stale = await world.warmer.read("kept", values=True)
+    assert stale is not None
+    assert stale.states[INSIGHTS_PART].freshness is Freshness.STALE
+    assert stale.texts[INSIGHTS_PART] == '{"x":1}'
+    assert len(statements) == 2
+    pack = json.loads(await world.service.pack("kept"))
+    assert (pack["insights"], pack["freshness"]) == ({"x": 1}, "missing")  # forecasts missing
+    world.clock.set_wall_ms(now + 2 * DAY)  # past stale_until: the entry is gone, read again
+    gone = await world.warmer.read("kept", values=True)
+    assert gone is not None
+    assert (gone.texts[INSIGHTS_PART], gone.states[INSIGHTS_PART].freshness) == (
+        None,
+        Freshness.MISSING,
+    )
+    assert len(statements) == 3
 
 
 async def test_draining_starts_no_queued_warmup(world: World) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import multiprocessing
 import os
 import time
 from collections.abc import AsyncIterator
@@ -95,6 +96,26 @@ async def test_runs_in_another_process_and_starts_lazily(pool: ProcessPool) -> N
     assert await pool.run(thread_env) == "1"
     assert await pool.run(niceness) == os.nice(0) + WORKER_NICENESS  # batch work yields the CPU
     assert pool.started == 1
+
+
+async def test_start_spawns_the_workers_before_any_task_and_restarts_the_idle_countdown(
+    pool: ProcessPool, clock: FakeClock
+) -> None:
+    clock.now += 10_000  # long after the pool was built: start() must not look idle at once
+    pool.start()
+    assert pool.is_running()
+    assert pool.started == 1
+    # The worker exists before anything was asked of the pool (a spawn executor starts its workers
+    # at the first submit; start() made that submit itself).
+    spawned = {p.pid for p in multiprocessing.active_children()}
+    assert spawned
+    while pool.in_flight():  # the start-up no-op, until the worker has booted and run it
+        await asyncio.sleep(0.01)
+    clock.now += 299
+    assert not await pool.maybe_shutdown_idle()
+    pool.start()  # already running: nothing new
+    assert pool.started == 1
+    assert await pool.run(worker_pid) in spawned
 
 
 async def test_exceptions_from_the_function_propagate_unchanged(pool: ProcessPool) -> None:

@@ -37,11 +37,19 @@ def freshness_at(fresh_until_ms: int, stale_until_ms: int, now_ms: int) -> Fresh
 
 @dataclass(frozen=True)
 class StoredEntry:
-    """A live cache entry as the read paths need it: version, freshness, stored JSON text."""
+    """A live cache entry as the read paths need it: version, expiry times, stored JSON text.
+
+    Freshness is not stored here: it depends on the time of each read (:meth:`freshness_at`).
+    """
 
     version: str
     text: str | None
-    freshness: Freshness
+    fresh_until_ms: int
+    stale_until_ms: int
+
+    def freshness_at(self, now_ms: int) -> Freshness:
+        """Fresh, stale or missing at ``now_ms`` (SPEC §7)."""
+        return freshness_at(self.fresh_until_ms, self.stale_until_ms, now_ms)
 
 
 class CacheStore:
@@ -120,19 +128,32 @@ class CacheStore:
 
     async def read_comparisons(
         self, slugs: list[str], now_ms: int, *, values: bool
-    ) -> dict[str, tuple[ComparisonHead, dict[str, StoredEntry]]]:
+    ) -> tuple[int, dict[str, tuple[ComparisonHead, dict[str, StoredEntry]]]]:
         """Comparisons' heads and their live cache entries at their current dataHash, in one statement.
 
         The read paths (pack, status, warmup request) answer from this one round trip, for every
         slug asked in the same moment. ``values`` adds each entry's stored JSON text, undecoded, so
         a response can splice it in as it is. Unknown slugs are absent from the result.
+
+        :returns: ``(state version, found)``; the version is read by the same statement as the rows
+            (one snapshot), so what was found is exactly the state at that version. With more
+            slugs than one statement takes, the lowest version of the statements is returned.
         """
         found: dict[str, tuple[ComparisonHead, dict[str, StoredEntry]]] = {}
+        version = -1
         for start in range(0, len(slugs), _READ_BATCH):
             chunk = slugs[start : start + _READ_BATCH]
+            # The version rides on a row of its own (the UNION's first branch), so that a batch of
+            # unknown slugs still learns it.
             rows = await self.db.fetchall(
-                f"""SELECT c.slug, c.term_a, c.term_b, c.data_hash, c.points, e.key, e.version,
-                       {"e.value" if values else "NULL"} AS value, e.fresh_until, e.stale_until
+                f"""SELECT version AS slug, NULL AS term_a, NULL AS term_b, NULL AS data_hash,
+                       NULL AS points, NULL AS key, NULL AS version, NULL AS value,
+                       NULL AS fresh_until, NULL AS stale_until, 1 AS is_version
+                    FROM state_version WHERE id = 1
+                    UNION ALL
+                    SELECT c.slug, c.term_a, c.term_b, c.data_hash, c.points, e.key, e.version,
+                       {"e.value" if values else "NULL"} AS value, e.fresh_until, e.stale_until,
+                       0 AS is_version
                     FROM comparisons c LEFT JOIN cache_entries e
                       ON e.key IN ('forecast:' || c.slug || ':termA:' || c.data_hash,
                                    'forecast:' || c.slug || ':termB:' || c.data_hash,
@@ -143,6 +164,9 @@ class CacheStore:
             )
             for r in rows:
                 slug = r["slug"]
+                if r["is_version"]:
+                    version = int(slug) if version < 0 else min(version, int(slug))
+                    continue
                 if slug not in found:
                     head = ComparisonHead(
                         slug=slug,
@@ -156,9 +180,16 @@ class CacheStore:
                     found[slug][1][r["key"]] = StoredEntry(
                         version=r["version"],
                         text=r["value"],
-                        freshness=freshness_at(r["fresh_until"], r["stale_until"], now_ms),
+                        fresh_until_ms=r["fresh_until"],
+                        stale_until_ms=r["stale_until"],
                     )
-        return found
+        return version, found
+
+    async def state_version(self) -> int:
+        """The change counter every write to comparisons or cache entries bumps (any process)."""
+        row = await self.db.fetchone("SELECT version FROM state_version WHERE id = 1")
+        assert row is not None  # inserted by the migration that made the table
+        return int(row[0])
 
     async def purge_expired(self, now_ms: int) -> int:
         """Delete entries past ``stale_until``; returns how many."""

@@ -30,9 +30,13 @@ from warmupd.errors import UsageError, WarmupdError, exit_code_for
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     """Validate the config; print the effective config and the next fires of every job."""
+    from warmupd.config_checks import warnings_for
     from warmupd.scheduler import describe_next_fires
 
     cfg = _load(args)
+    warnings = warnings_for(cfg)
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     now_ms = SystemClock().wall_ms()
     fires = {
         name: describe_next_fires(job.schedule, job.timezone, now_ms, 3)
@@ -42,6 +46,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         doc = {
             "config": describe(cfg),
             "nextFires": {name: [utc for utc, _ in pairs] for name, pairs in fires.items()},
+            "warnings": warnings,
         }
         print(json.dumps(doc, indent=2))
         return 0

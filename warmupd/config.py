@@ -164,7 +164,8 @@ class AIConfig:
     timeout_ms: int = 60_000
     max_retries: int = 3
     prompt_version: str = "1"
-    concurrency: int = 2
+    max_in_flight: int | None = None
+    """Model calls in flight across every run and on-demand warmup; ``None``: no global cap."""
 
 
 def _default_jobs() -> dict[str, JobConfig]:
@@ -312,7 +313,7 @@ _AI = {
     "timeout": ("timeout_ms", _dur()),
     "max_retries": ("max_retries", _int(0, 10)),
     "prompt_version": ("prompt_version", _opt_str),
-    "concurrency": ("concurrency", _int(1, 64)),
+    "max_in_flight": ("max_in_flight", _int(1, 1024)),
 }
 _TOP = (
     "daemon",
@@ -326,6 +327,19 @@ _TOP = (
     "forecast",
     "ai",
 )
+
+
+def _ai(raw: Mapping[str, Any]) -> AIConfig:
+    if "concurrency" in raw:
+        # Undocumented before SPEC §17, and it silently capped every run's model calls (a job at
+        # concurrency 5 made 2 calls at once). An error, not an alias: a cap must be chosen knowingly.
+        raise ConfigError(
+            "ai.concurrency",
+            raw["concurrency"],
+            "is no longer supported: a run's concurrency now bounds its model calls; to cap model "
+            "calls across all runs and on-demand warmups set ai.max_in_flight",
+        )
+    return _section("ai", raw, AIConfig, _AI)
 
 
 def _jobs(raw: Mapping[str, Any]) -> dict[str, JobConfig]:
@@ -412,7 +426,7 @@ def parse_config(
         jobs=_jobs(jobs_raw),
         on_demand=_section("on_demand", sec("on_demand"), OnDemandConfig, _ON_DEMAND),
         forecast=_section("forecast", sec("forecast"), ForecastConfig, _FORECAST),
-        ai=_section("ai", sec("ai"), AIConfig, _AI),
+        ai=_ai(sec("ai")),
         source=source,
     )
     # A job without its own timezone follows daemon.timezone.

@@ -47,7 +47,15 @@ from warmupd.status import StatusService
 from warmupd.store import ScheduleStore
 from warmupd.systemd import SystemdNotifier, journal_stream, watchdog_loop
 from warmupd.ui.routes import add_ui
-from warmupd.wiring import ConfigHolder, Core, build_core, schedules_of
+from warmupd.wiring import (
+    POOL_JOBS,
+    POOL_PREWARM_S,
+    ConfigHolder,
+    Core,
+    build_core,
+    prewarm_pool,
+    schedules_of,
+)
 
 log = get_logger("warmupd.daemon")
 
@@ -247,6 +255,17 @@ class Daemon:
             asyncio.create_task(loop_lag_monitor(self.metrics, self.clock), name="loop-lag"),
             asyncio.create_task(self._heartbeat(core), name="heartbeat"),
         ]
+
+        def next_pool_run() -> int | None:
+            runs = [scheduler.next_run_ms(job) for job in POOL_JOBS if job in scheduler.jobs]
+            return min((ms for ms in runs if ms is not None), default=None)
+
+        tasks.append(
+            asyncio.create_task(
+                prewarm_pool(core.pool, next_pool_run, self.clock, lead_s=POOL_PREWARM_S),
+                name="pool-prewarm",
+            )
+        )
         if core.fallback is not None:
             tasks.append(asyncio.create_task(self._probe_redis(core), name="redis-probe"))
         if self.notifier.watchdog_interval_s():

@@ -126,6 +126,32 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         # The status counts entries by freshness from the two expiry indexes, never the table.
         "CREATE INDEX cache_entries_fresh_until ON cache_entries(fresh_until)",
     ),
+    # v3: a change counter for what the read paths serve. Every process's writes bump it (triggers,
+    # so no writer can forget), and a process that keeps rendered packs in memory asks this one row
+    # whether anything changed instead of reading the packs again (bench P3/P7). A plain row read
+    # works through any connection pooler; nothing rests on notifications.
+    (
+        """CREATE TABLE state_version(
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            version INTEGER NOT NULL)""",
+        "INSERT INTO state_version(id, version) VALUES (1, 0)",
+        *(
+            f"""CREATE TRIGGER {name} AFTER {event} BEGIN
+                UPDATE state_version SET version = version + 1 WHERE id = 1; END"""
+            for name, event in (
+                ("cache_entries_inserted", "INSERT ON cache_entries"),
+                ("cache_entries_updated", "UPDATE ON cache_entries"),
+                ("cache_entries_deleted", "DELETE ON cache_entries"),
+                ("comparisons_inserted", "INSERT ON comparisons"),
+                # Views and visits (the frequent writes) change nothing a read path serves.
+                (
+                    "comparisons_updated",
+                    "UPDATE OF slug, term_a, term_b, series, points, data_hash ON comparisons",
+                ),
+                ("comparisons_deleted", "DELETE ON comparisons"),
+            )
+        ),
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -199,6 +199,24 @@ class ProcessPool:
             self.started += 1
         return self._executor
 
+    def start(self) -> None:
+        """Start the worker processes now, without waiting for them; a no-op while they run.
+
+        A run that will need the pool calls this as it starts (and the daemon just before a
+        scheduled fire), so the workers import statsmodels while the run takes its lock and selects
+        its items, instead of making the first items wait for the spawn (SPEC §17). The idle
+        countdown restarts here, so a pool started ahead of work is not reaped before it gets any.
+        """
+        if self._executor is not None:
+            return
+        executor = self._ensure_executor()
+        # A spawn-context executor starts all its workers at the first submit; a no-op task is the
+        # public way to make it do so. It is tracked like any task, so the reaper waits for it.
+        future = executor.submit(os.getpid)
+        self._pending.add(future)
+        future.add_done_callback(self._pending.discard)
+        self._last_active = self._clock.monotonic()
+
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run ``fn(*args, **kwargs)`` in a worker and return its result.
 

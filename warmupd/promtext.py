@@ -20,7 +20,15 @@ import re
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from typing import Any, Generic, TypeVar
 
-__all__ = ["CONTENT_TYPE", "Counter", "Gauge", "Histogram", "Registry"]
+__all__ = [
+    "CONTENT_TYPE",
+    "Counter",
+    "CounterChild",
+    "Gauge",
+    "Histogram",
+    "HistogramChild",
+    "Registry",
+]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 """The ``Content-Type`` of :meth:`Registry.render` output."""
@@ -319,3 +327,9 @@ class Registry:
             if inspect.isawaitable(result):
                 await result
         return self.render()
+
+
+CounterChild = _CounterChild
+"""One series of a :class:`Counter` (``labels(...)``): kept by a caller that counts it often."""
+HistogramChild = _HistogramChild
+"""One series of a :class:`Histogram` (``labels(...)``): kept by a caller that observes it often."""

@@ -125,9 +125,9 @@ class ComparisonsService(Protocol):
         """
         ...
 
-    async def pack(self, slug: str) -> str:
+    async def pack(self, slug: str) -> bytes:
         """The premium pack ``{slug, terms, dataHash, forecasts, insights, freshness, needsWarmup}``
-        as JSON text (the service splices the cached parts in as stored; the edge sends it as is).
+        as encoded JSON (the service splices the cached parts in as stored; the edge sends it as is).
 
         Schedules an on-demand warmup for missing parts and a background refresh for stale ones.
         :raises NotFound:

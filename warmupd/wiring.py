@@ -15,7 +15,14 @@ from typing import Any
 
 from warmupd.cache import CacheStore
 from warmupd.clock import Clock
-from warmupd.config import JOB_HOUSEKEEPING, JOB_ON_DEMAND, Config, load_config
+from warmupd.config import (
+    JOB_FORECASTS,
+    JOB_HOUSEKEEPING,
+    JOB_INSIGHTS,
+    JOB_ON_DEMAND,
+    Config,
+    load_config,
+)
 from warmupd.db import Database
 from warmupd.errors import ConfigError
 from warmupd.health import Health
@@ -44,6 +51,13 @@ from warmupd.status import LockState
 from warmupd.store import ComparisonStore, WarmupStore
 
 log = get_logger("warmupd.daemon")
+
+POOL_JOBS = (JOB_FORECASTS, JOB_INSIGHTS)
+"""The scheduled jobs whose items compute in the process pool."""
+POOL_PREWARM_S = 15.0
+"""How long before such a job's fire the pool's workers are started (their start-up, statsmodels
+imports included, takes 1–3 s on a quiet 2-core machine and ~8 s on a loaded one, at their lower
+priority; SPEC §17: the first items must not wait for it)."""
 
 
 class ConfigHolder:
@@ -117,7 +131,7 @@ def make_insights(config: Config, pool: ProcessPool) -> InsightsProducer:
             timeout_s=ai.timeout_ms / 1000,
             max_retries=ai.max_retries,
             prompt_version=ai.prompt_version,
-            concurrency=ai.concurrency,
+            max_in_flight=ai.max_in_flight,
             facts_runner=facts_runner,
         )
     return BuiltinInsights(prompt_version=ai.prompt_version, facts_runner=facts_runner)
@@ -320,3 +334,29 @@ async def build_core(
         insights=insights,
         jobs=jobs,
     )
+
+
+async def prewarm_pool(
+    pool: ProcessPool, next_run_ms: Callable[[], int | None], clock: Clock, *, lead_s: float
+) -> None:
+    """Loop forever: start the pool ``lead_s`` before each fire of a job that computes in it.
+
+    ``next_run_ms`` tells when the next such fire runs (``None``: none scheduled). The lead is
+    capped at half the pool's idle shutdown, so a pool started ahead is not reaped before the fire.
+    """
+    lead_ms = min(lead_s, pool.idle_shutdown_s / 2) * 1000
+    started_for: int | None = None
+    while True:
+        due_ms = next_run_ms()
+        now_ms = clock.wall_ms()
+        if due_ms is None:
+            # Also what the scheduler answers before it has loaded its state at start-up.
+            await clock.sleep(5.0)
+            continue
+        wait_s = (due_ms - lead_ms - now_ms) / 1000
+        if due_ms == started_for or wait_s > 0:
+            # Re-read at least once a minute: a reload or a clock jump may move the fire.
+            await clock.sleep(min(max(wait_s, 1.0), 60.0))
+            continue
+        pool.start()
+        started_for = due_ms

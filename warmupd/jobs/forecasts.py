@@ -32,3 +32,7 @@ class ForecastsJob(Job[Comparison]):
     def label(self, item: Comparison) -> str:
         """The slug."""
         return item.slug
+
+    def start_run(self) -> None:
+        """Forecasts run in the process pool: start its workers now, not by the first item."""
+        self.warmer.start_cpu()

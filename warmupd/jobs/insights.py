@@ -34,5 +34,9 @@ class InsightsJob(Job[Comparison]):
         return item.slug
 
     def start_run(self) -> None:
-        """A 401/403/404 stops AI calls for the rest of a run only: give each run a new chance."""
+        """A 401/403/404 stops AI calls for the rest of a run only: give each run a new chance.
+
+        The facts step of every item runs in the process pool: it starts now, not by the first item.
+        """
         self.warmer.insights.reset_breaker()
+        self.warmer.start_cpu()

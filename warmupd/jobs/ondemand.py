@@ -25,6 +25,7 @@ from warmupd.locks import Locks, renewing
 from warmupd.logs import get_logger, outcome_level
 from warmupd.metrics import Metrics
 from warmupd.models import Acquired, Comparison, Held, RunStatus, Trigger, WarmupState
+from warmupd.promtext import CounterChild
 from warmupd.runs import RunStore
 from warmupd.store import ComparisonStore, WarmupStore
 
@@ -70,6 +71,7 @@ class OnDemand:
         self._flights: dict[_Key, _Flight] = {}
         self._slots = Slots(config().on_demand.concurrency)
         self._accepting = True
+        self._series: dict[str, CounterChild] = {}
         self.computations = 0
         """How many warmups actually computed something (the single-flight benchmark reads it)."""
 
@@ -100,15 +102,16 @@ class OnDemand:
         :raises StaleDataHash: ``data_hash`` is given and is not the current one.
         :raises QueueFull: ``on_demand.max_queued`` warmups are already waiting.
         """
-        # One round trip answers everything below: the current dataHash and the parts' states.
-        read = await self.warmer.read(slug)
+        # One round trip (or none: a snapshot in memory) answers everything below: the current
+        # dataHash and the parts' states.
+        read = await self.warmer.snapshot(slug)
         if read is None:
             raise NotFound(f"unknown comparison {slug!r}")
         current_hash = read.head.data_hash
         if data_hash is not None and data_hash != current_hash:
             # The joined read may predate a write another process committed just before this call
             # (the client saw the new dataHash): ask once more with a statement of our own.
-            read = await self.warmer.read(slug, join=False)
+            read = await self.warmer.snapshot(slug, join=False)
             if read is None:
                 raise NotFound(f"unknown comparison {slug!r}")
             current_hash = read.head.data_hash
@@ -117,8 +120,7 @@ class OnDemand:
             raise StaleDataHash(slug, data_hash, current_hash)
         flight = self._flights.get((slug, current_hash))
         if flight is None:
-            states = read.states
-            if all(states[p].up_to_date for p in self.warmer.applicable(read.head.points)):
+            if self.warmer.up_to_date(read, self.clock.wall_ms()):
                 self._count("ready")
                 return self._answer(slug, current_hash, WarmupState.READY)
             flight = self.schedule(slug, current_hash)
@@ -144,6 +146,7 @@ class OnDemand:
                 retry_after_s=5,
             )
         flight = self._flights[key] = _Flight(slug, data_hash)
+        self.warmer.start_cpu()  # the pool's workers start while the warmup waits for its lock
         flight.task = asyncio.create_task(self._run(flight), name=f"warmup:{slug}")
         self._count("queued")
         self._publish_depth()
@@ -159,7 +162,12 @@ class OnDemand:
 
     def _count(self, result: str) -> None:
         if self.metrics:
-            self.metrics.on_demand_requests.inc(result=result)
+            series = self._series.get(result)
+            if series is None:
+                series = self._series[result] = self.metrics.on_demand_requests.labels(
+                    result=result
+                )
+            series.inc()
 
     def _publish_depth(self) -> None:
         if self.metrics:

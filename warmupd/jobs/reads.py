@@ -16,12 +16,46 @@ from warmupd.clock import Clock, ms_to_iso
 from warmupd.config import Config
 from warmupd.errors import NotFound, QueueFull
 from warmupd.jobs.ondemand import OnDemand
-from warmupd.jobs.parts import FORECAST_A, FORECAST_B, INSIGHTS_PART, PartsRead, Warmer
+from warmupd.jobs.parts import (
+    FORECAST_A,
+    FORECAST_B,
+    INSIGHTS_PART,
+    PartsRead,
+    Snapshot,
+    Verdict,
+    Warmer,
+)
 from warmupd.logs import get_logger
 from warmupd.models import Comparison, Freshness, WarmupState
 from warmupd.store import ComparisonStore, WarmupStore
 
 log = get_logger("warmupd.reads")
+
+
+_PACK = "pack"
+_PACK_TAIL = {
+    (overall, missing): (
+        f'"freshness": "{overall.value}", "needsWarmup": {"true" if missing else "false"}}}'
+    ).encode()
+    for overall in Freshness
+    for missing in (False, True)
+}
+"""The pack's last two fields, which a read computes at its own time: every variant, encoded once."""
+
+
+def _pack_head(read: PartsRead) -> bytes:
+    """The pack up to its time-dependent fields, encoded."""
+    head = read.head
+
+    def part(name: str) -> str:
+        return read.texts[name] or "null"
+
+    return (
+        f'{{"slug": {json.dumps(head.slug)}, "terms": {json.dumps([head.term_a, head.term_b])}, '
+        f'"dataHash": {json.dumps(head.data_hash)}, '
+        f'"forecasts": {{"termA": {part(FORECAST_A)}, "termB": {part(FORECAST_B)}}}, '
+        f'"insights": {part(INSIGHTS_PART)}, '
+    ).encode()
 
 
 class ComparisonService:
@@ -46,7 +80,10 @@ class ComparisonService:
 
     async def upsert(self, comparison: Comparison) -> tuple[bool, str]:
         """Insert or update a comparison; ``(created, dataHash)``."""
-        return await self.comparisons.upsert(comparison, self.clock.wall_ms())
+        try:
+            return await self.comparisons.upsert(comparison, self.clock.wall_ms())
+        finally:
+            self.warmer.forget(comparison.slug)
 
     async def add_views(self, slug: str, count: int, at_ms: int | None) -> dict[str, Any]:
         """Add views and move ``lastVisited`` forward."""
@@ -94,34 +131,55 @@ class ComparisonService:
             body["lastError"] = row.error
         return body
 
-    async def pack(self, slug: str) -> str:
-        """The premium pack as JSON text; schedules a warmup for missing parts, a refresh for stale.
+    async def pack(self, slug: str) -> bytes:
+        """The premium pack as encoded JSON; schedules a warmup for missing parts, a refresh for stale.
 
         The cached parts are spliced in as the text they were stored as: decoding three values only
         to encode them again was most of the cost of this read (bench P7). ``CacheStore.put`` wrote
-        them with ``json.dumps``, so they are valid JSON by construction.
+        them with ``json.dumps``, so they are valid JSON by construction. Everything but the two
+        fields that depend on the time of the read (``freshness``, ``needsWarmup``) is encoded once
+        per snapshot of the comparison's state and kept with it; those two are judged again
+        whenever the time passes a part's ``fresh_until`` or the insights version changes.
         """
-        read = await self._read(slug, values=True)
-        head, states = read.head, read.states
-        wanted = self.warmer.applicable(head.points)
-        missing = any(states[p].shown is Freshness.MISSING for p in wanted)
-        stale = any(states[p].shown is Freshness.STALE for p in wanted)
-        if missing or (stale and self._config().cache.stale_while_revalidate):
+        snapshot = await self.warmer.snapshot(slug, values=True)
+        if snapshot is None:
+            raise NotFound(f"unknown comparison {slug!r}")
+        now_ms = self.clock.wall_ms()
+        insights_version = self.warmer.insights_version
+        verdict = snapshot.verdict
+        if verdict is None or now_ms >= verdict.until_ms or verdict.insights != insights_version:
+            verdict = snapshot.verdict = self._verdict(snapshot, now_ms, insights_version)
+        if verdict.missing or (verdict.stale and self._config().cache.stale_while_revalidate):
             try:
-                self.on_demand.schedule(slug, head.data_hash)
+                self.on_demand.schedule(slug, snapshot.head.data_hash)
             except QueueFull:
                 log.warning("pack.refresh_not_queued", slug=slug, reason="queue_full")
+        memo = snapshot.memo
+        body = memo.get(verdict.tail_name)
+        if body is None:
+            head = memo.get(_PACK)
+            if head is None:
+                head = memo[_PACK] = _pack_head(self.warmer.parts_at(snapshot, now_ms))
+            body = memo[verdict.tail_name] = head + verdict.tail
+        return body
+
+    def _verdict(self, snapshot: Snapshot, now_ms: int, insights_version: str) -> Verdict:
+        """The pack's freshness at ``now_ms``, and until when it holds."""
+        states = self.warmer.parts_at(snapshot, now_ms).states
+        wanted = self.warmer.applicable(snapshot.head.points)
+        missing = any(states[p].shown is Freshness.MISSING for p in wanted)
+        stale = any(states[p].shown is Freshness.STALE for p in wanted)
         overall = Freshness.MISSING if missing else Freshness.STALE if stale else Freshness.FRESH
-
-        def part(name: str) -> str:
-            return read.texts[name] or "null"
-
-        return (
-            f'{{"slug": {json.dumps(slug)}, "terms": {json.dumps([head.term_a, head.term_b])}, '
-            f'"dataHash": {json.dumps(head.data_hash)}, '
-            f'"forecasts": {{"termA": {part(FORECAST_A)}, "termB": {part(FORECAST_B)}}}, '
-            f'"insights": {part(INSIGHTS_PART)}, "freshness": "{overall.value}", '
-            f'"needsWarmup": {"true" if missing else "false"}}}'
+        # Freshness changes only when the time passes an entry's fresh_until (stale_until ends
+        # the snapshot itself).
+        changes = [e.fresh_until_ms for e in snapshot.entries.values() if e.fresh_until_ms > now_ms]
+        return Verdict(
+            until_ms=min(changes, default=snapshot.valid_until_ms),
+            insights=insights_version,
+            missing=missing,
+            stale=stale,
+            tail=_PACK_TAIL[overall, missing],
+            tail_name=f"pack:{overall.value}:{missing}",
         )
 
     async def search(self, prefix: str, limit: int) -> list[dict[str, Any]]:

@@ -15,6 +15,7 @@ item. The key is read from the environment at request time and scrubbed from eve
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 from collections.abc import Awaitable, Callable
@@ -66,7 +67,8 @@ class OpenAIInsights:
     :param timeout_s: total time of one attempt.
     :param max_retries: retries after the first attempt.
     :param prompt_version: recorded as ``promptVersion`` (part of the insights cache key).
-    :param concurrency: requests in flight at once (local servers serve 1–4 at a time).
+    :param max_in_flight: requests in flight at once across every caller (``ai.max_in_flight``);
+        ``None`` sets no cap of its own, so each run's concurrency alone bounds its calls (SPEC §17).
     :param sleep: the backoff sleep (tests record delays instead of waiting).
     :param facts_runner: where to run the analysis (the process pool); inline when ``None``.
     :param temperature: sent always: Ollama's OpenAI layer defaults to 1.0 when it is omitted.
@@ -84,7 +86,7 @@ class OpenAIInsights:
         timeout_s: float,
         max_retries: int,
         prompt_version: str,
-        concurrency: int = 2,
+        max_in_flight: int | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         facts_runner: FactsRunner | None = None,
         temperature: float = 0.2,
@@ -99,7 +101,8 @@ class OpenAIInsights:
         self._api_key_env = api_key_env
         self._timeout_s = timeout_s
         self._max_retries = max(0, max_retries)
-        self._concurrency = max(1, concurrency)
+        # One semaphore for the one producer the daemon builds: runs and on-demand warmups share it.
+        self._max_in_flight = None if max_in_flight is None else max(1, max_in_flight)
         self._sleep = sleep
         self._runner = facts_runner
         self._params = {"temperature": temperature, "max_tokens": max_tokens, "seed": seed}
@@ -153,7 +156,8 @@ class OpenAIInsights:
                     connect=min(10.0, self._timeout_s),
                     sock_read=self._timeout_s,
                 ),
-                connector=aiohttp.TCPConnector(limit=self._concurrency * 2, ttl_dns_cache=300),
+                # No pool limit of its own (0 = none): aiohttp's default of 100 would be a hidden cap.
+                connector=aiohttp.TCPConnector(limit=self._max_in_flight or 0, ttl_dns_cache=300),
                 # Proxies from the environment would send the facts (and the key) elsewhere.
                 trust_env=False,
                 raise_for_status=False,
@@ -244,11 +248,11 @@ class OpenAIInsights:
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if key:
             headers["Authorization"] = f"Bearer {key}"
-        if self._sem is None:
-            self._sem = asyncio.Semaphore(self._concurrency)
+        if self._sem is None and self._max_in_flight is not None:
+            self._sem = asyncio.Semaphore(self._max_in_flight)
         try:
             async with (
-                self._sem,
+                self._sem or contextlib.nullcontext(),
                 self._get_session().post(self._url, json=body, headers=headers) as resp,
             ):
                 raw = await resp.read()
