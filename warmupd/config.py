@@ -20,7 +20,9 @@ from warmupd.config_values import (
     parse_cron,
     parse_duration_ms,
     parse_int,
+    parse_section,
     parse_str,
+    parse_table,
     parse_timezone,
     parse_url,
     resolve_secret,
@@ -216,32 +218,6 @@ class Config:
 # --------------------------------------------------------------------------- sections
 
 
-def _table(path: str, value: object) -> Mapping[str, Any]:
-    if not isinstance(value, Mapping):
-        raise ConfigError(path, value, "must be a table")
-    return value
-
-
-def _section(
-    path: str,
-    raw: Mapping[str, Any],
-    cls: type[T],
-    parsers: Mapping[str, tuple[str, Callable[[str, Any], Any]]],
-    base: T | None = None,
-) -> T:
-    """Build dataclass ``cls`` from table ``raw``: each TOML key maps to (field, parser)."""
-    unknown = sorted(set(raw) - set(parsers))
-    if unknown:
-        where = f"{path}.{unknown[0]}" if path else unknown[0]
-        raise ConfigError(where, MISSING, f"unknown key (known: {', '.join(sorted(parsers))})")
-    values = {
-        attr: parse(f"{path}.{key}", raw[key])
-        for key, (attr, parse) in parsers.items()
-        if key in raw
-    }
-    return replace(base, **values) if base is not None else cls(**values)  # type: ignore[type-var]
-
-
 def _dur(*, zero: bool = False) -> Callable[[str, Any], int]:
     return lambda p, v: parse_duration_ms(p, v, allow_zero=zero)
 
@@ -339,23 +315,23 @@ def _ai(raw: Mapping[str, Any]) -> AIConfig:
             "is no longer supported: a run's concurrency now bounds its model calls; to cap model "
             "calls across all runs and on-demand warmups set ai.max_in_flight",
         )
-    return _section("ai", raw, AIConfig, _AI)
+    return parse_section("ai", raw, AIConfig, _AI)
 
 
 def _jobs(raw: Mapping[str, Any]) -> dict[str, JobConfig]:
     jobs = _default_jobs()
     for name, table in raw.items():
-        path, raw_job = f"jobs.{name}", _table(f"jobs.{name}", table)
+        path, raw_job = f"jobs.{name}", parse_table(f"jobs.{name}", table)
         if name in jobs:
             if "kind" in raw_job:
                 raise ConfigError(f"{path}.kind", raw_job["kind"], "a built-in job keeps its kind")
-            jobs[name] = _section(path, raw_job, JobConfig, _JOB, jobs[name])
+            jobs[name] = parse_section(path, raw_job, JobConfig, _JOB, jobs[name])
             continue
         if name == JOB_ON_DEMAND:
             raise ConfigError(path, MISSING, "is the on-demand warmup's name, not a job to define")
         common, defaults, spec = split_kind_job(name, raw_job, builtin=KNOWN_JOBS)
         base = JobConfig(name=name, schedule="@daily", kind=spec.kind, spec=spec)
-        jobs[name] = _section(path, common, JobConfig, _JOB, replace(base, **defaults))
+        jobs[name] = parse_section(path, common, JobConfig, _JOB, replace(base, **defaults))
     return jobs
 
 
@@ -389,9 +365,9 @@ def parse_config(
         raise ConfigError(unknown[0], MISSING, f"unknown section (known: {', '.join(_TOP)})")
 
     def sec(name: str) -> Mapping[str, Any]:
-        return _table(name, raw.get(name, {}))
+        return parse_table(name, raw.get(name, {}))
 
-    secrets_config = _section("secrets", sec("secrets"), SecretsConfig, _SECRETS)
+    secrets_config = parse_section("secrets", sec("secrets"), SecretsConfig, _SECRETS)
     job_secret, job_src = resolve_secret(
         "secrets.job_secret",
         "job_secret",
@@ -406,7 +382,7 @@ def parse_config(
         secrets_config.warmup_secret_env,
         env,
     )
-    daemon = _section("daemon", sec("daemon"), DaemonConfig, _DAEMON)
+    daemon = parse_section("daemon", sec("daemon"), DaemonConfig, _DAEMON)
     state_directory = env.get("STATE_DIRECTORY", "").split(":")[0]
     if "state_dir" not in sec("daemon") and state_directory:
         # systemd's StateDirectory= sets $STATE_DIRECTORY (/var/lib/warmupd): the shipped unit
@@ -415,17 +391,17 @@ def parse_config(
     jobs_raw = sec("jobs")
     cfg = Config(
         daemon=daemon,
-        http=_section("http", sec("http"), HttpConfig, _HTTP),
+        http=parse_section("http", sec("http"), HttpConfig, _HTTP),
         secrets_config=secrets_config,
         secrets=Secrets(
             job=job_secret, warmup=warmup_secret, job_source=job_src, warmup_source=warmup_src
         ),
-        redis=_section("redis", sec("redis"), RedisConfig, _REDIS),
-        locks=_section("locks", sec("locks"), LocksConfig, _LOCKS),
-        cache=_section("cache", sec("cache"), CacheConfig, _CACHE),
+        redis=parse_section("redis", sec("redis"), RedisConfig, _REDIS),
+        locks=parse_section("locks", sec("locks"), LocksConfig, _LOCKS),
+        cache=parse_section("cache", sec("cache"), CacheConfig, _CACHE),
         jobs=_jobs(jobs_raw),
-        on_demand=_section("on_demand", sec("on_demand"), OnDemandConfig, _ON_DEMAND),
-        forecast=_section("forecast", sec("forecast"), ForecastConfig, _FORECAST),
+        on_demand=parse_section("on_demand", sec("on_demand"), OnDemandConfig, _ON_DEMAND),
+        forecast=parse_section("forecast", sec("forecast"), ForecastConfig, _FORECAST),
         ai=_ai(sec("ai")),
         source=source,
     )
@@ -434,7 +410,7 @@ def parse_config(
         {
             name: replace(job, timezone=daemon.timezone)
             for name, job in cfg.jobs.items()
-            if "timezone" not in _table(f"jobs.{name}", jobs_raw.get(name, {}))
+            if "timezone" not in parse_table(f"jobs.{name}", jobs_raw.get(name, {}))
         }
     )
     _check_relations(cfg)

@@ -10,17 +10,19 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
-from dataclasses import fields
+from collections.abc import Callable, Mapping
+from dataclasses import fields, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from warmupd.errors import ConfigError
+from warmupd.errors import MISSING, ConfigError
 
 if TYPE_CHECKING:
     from warmupd.config import Config
 from warmupd.scheduler import validate_schedule
+
+T = TypeVar("T")
 
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
@@ -104,6 +106,33 @@ def parse_url(path: str, value: object, *, schemes: tuple[str, ...]) -> str:
     if scheme not in schemes:
         raise ConfigError(path, value, f"must be a URL starting with {' or '.join(schemes)}://")
     return url
+
+
+def parse_table(path: str, value: object) -> Mapping[str, Any]:
+    """A TOML table, or a :class:`ConfigError` naming ``path``."""
+    if not isinstance(value, Mapping):
+        raise ConfigError(path, value, "must be a table")
+    return value
+
+
+def parse_section(
+    path: str,
+    raw: Mapping[str, Any],
+    cls: type[T],
+    parsers: Mapping[str, tuple[str, Callable[[str, Any], Any]]],
+    base: T | None = None,
+) -> T:
+    """Build dataclass ``cls`` from table ``raw``: each TOML key maps to (field, parser)."""
+    unknown = sorted(set(raw) - set(parsers))
+    if unknown:
+        where = f"{path}.{unknown[0]}" if path else unknown[0]
+        raise ConfigError(where, MISSING, f"unknown key (known: {', '.join(sorted(parsers))})")
+    values = {
+        attr: parse(f"{path}.{key}", raw[key])
+        for key, (attr, parse) in parsers.items()
+        if key in raw
+    }
+    return replace(base, **values) if base is not None else cls(**values)  # type: ignore[type-var]
 
 
 def resolve_secret(
