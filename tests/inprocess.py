@@ -38,8 +38,13 @@ class GatedCpu:
         self.gate: asyncio.Event | None = asyncio.Event() if gated else None
         self.entered = asyncio.Event()
         self.calls: list[str] = []
+        self.starts = 0
+        """How many times a run or a warmup asked for the workers ahead of its first call."""
         self.fail = False
         """When set, every call fails at once (an item error), so background work ends quickly."""
+
+    def start(self) -> None:
+        self.starts += 1
 
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         self.calls.append(fn.__name__)
