@@ -230,6 +230,20 @@ async def test_forecasts_in_the_pool_do_not_block_the_event_loop() -> None:
     assert max(gaps) < 0.1, f"max loop gap {max(gaps) * 1000:.0f} ms"
 
 
+def process_exists(pid: int) -> bool:
+    """Whether ``pid`` is a live process (a zombie is dead: it only waits to be reaped).
+
+    Not ``Process.is_alive()``: ``close()`` and the executor's manager thread both reap the workers,
+    and a reap by one thread makes the other's ``waitpid`` fail with ECHILD until it records the
+    exit code, which ``is_alive()`` reads as "still running".
+    """
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
 async def test_close_ends_workers_without_waiting_for_work_in_progress(clock: FakeClock) -> None:
     pool = ProcessPool(workers=1, idle_shutdown_s=60, clock=clock, preload=())
     assert await pool.run(os.getpid) != os.getpid()
@@ -241,7 +255,7 @@ async def test_close_ends_workers_without_waiting_for_work_in_progress(clock: Fa
         await asyncio.sleep(0.01)
     await pool.close()
     assert workers
-    assert not any(w.is_alive() for w in workers)
+    assert not any(process_exists(w.pid) for w in workers)
     with pytest.raises((ProducerError, asyncio.CancelledError)):
         await stuck
     assert not pool.is_running()
