@@ -60,10 +60,12 @@ def _alive(processes: dict[int, int]) -> list[str]:
     return alive
 
 
-def test_kill_9_of_the_daemon_leaves_no_child_alive(
-    tmp_path: Path, daemons: list[DaemonProcess]
-) -> None:
-    daemon = DaemonProcess(tmp_path, "orphans", {"daemon": {"pool_workers": 2}})
+def _forecasting(
+    tmp_path: Path, daemons: list[DaemonProcess], name: str
+) -> tuple[DaemonProcess, dict[int, int]]:
+    """A daemon in the middle of a forecast run, and its children once both workers and the
+    resource tracker are up."""
+    daemon = DaemonProcess(tmp_path, name, {"daemon": {"pool_workers": 2}})
     load_demo(daemon, count=12)
     daemons.append(daemon.start())
     assert daemon.proc is not None
@@ -78,7 +80,13 @@ def test_kill_9_of_the_daemon_leaves_no_child_alive(
         tracker = [c for c in commands if "resource_tracker" in c]
         return children if len(workers) == 2 and tracker else {}
 
-    children = wait_until(pool_up, timeout_s=60)
+    return daemon, wait_until(pool_up, timeout_s=60)
+
+
+def test_kill_9_of_the_daemon_leaves_no_child_alive(
+    tmp_path: Path, daemons: list[DaemonProcess]
+) -> None:
+    daemon, children = _forecasting(tmp_path, daemons, "orphans")
     daemon.send(signal.SIGKILL)
     assert daemon.wait_exit() == -signal.SIGKILL
     # A bound, not a timing assertion: the children must be gone within 5 s.
@@ -117,22 +125,7 @@ def test_a_stop_mid_run_ends_every_child_before_the_daemon_exits(
     It SIGKILLed the resource tracker at every stop after the pool had been used: the tracker
     ignores SIGTERM and only exited once it noticed the daemon was gone. The tracker must also
     find nothing to complain about: no raw lines on stderr."""
-    daemon = DaemonProcess(tmp_path, "stop", {"daemon": {"pool_workers": 2}})
-    load_demo(daemon, count=12)
-    daemons.append(daemon.start())
-    assert daemon.proc is not None
-    pid = daemon.proc.pid
-    status, _ = daemon.trigger("warmup-forecasts")
-    assert status == 202
-
-    def pool_busy() -> dict[int, int]:
-        children = _children(pid)
-        commands = [_cmdline(child) for child in children]
-        running = [c for c in commands if "spawn_main" in c]
-        tracker = [c for c in commands if "resource_tracker" in c]
-        return children if len(running) == 2 and tracker else {}
-
-    children = wait_until(pool_busy, timeout_s=60)
+    daemon, children = _forecasting(tmp_path, daemons, "stop")
     daemon.send(signal.SIGTERM)
     assert daemon.wait_exit() == 0
     outlived = []

@@ -31,7 +31,8 @@ from croniter import CroniterError, croniter
 from warmupd.clock import ms_to_iso
 from warmupd.models import Fire
 
-_ALIASES = {
+# Vixie-cron aliases; the dashboard reads them too, to say a schedule in words.
+CRON_ALIASES = {
     "@hourly": "0 * * * *",
     "@daily": "0 0 * * *",
     "@midnight": "0 0 * * *",
@@ -122,10 +123,10 @@ def parse_schedule(expr: str) -> CronSpec:
     """
     text = expr.strip().lower()
     if text.startswith("@"):
-        if text not in _ALIASES:
-            known = " ".join(a for a in _ALIASES if a not in ("@midnight", "@annually"))
+        if text not in CRON_ALIASES:
+            known = " ".join(a for a in CRON_ALIASES if a not in ("@midnight", "@annually"))
             raise _reject(expr, f"unknown alias; use one of {known}")
-        text = _ALIASES[text]
+        text = CRON_ALIASES[text]
     fields = text.split()
     if len(fields) not in (5, 6):
         raise _reject(expr, f"expected 5 fields, or 6 with seconds first; got {len(fields)}")

@@ -4,16 +4,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from warmupd.scheduler import CRON_ALIASES
+
 _DAYS = ("Sunday", "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday")
-_ALIASES = {
-    "@hourly": "0 * * * *",
-    "@daily": "0 0 * * *",
-    "@midnight": "0 0 * * *",
-    "@weekly": "0 0 * * 0",
-    "@monthly": "0 0 1 * *",
-    "@yearly": "0 0 1 1 *",
-    "@annually": "0 0 1 1 *",
-}
 
 
 def _num(text: str, low: int, high: int) -> int | None:
@@ -31,7 +24,7 @@ def cron_in_words(expr: str, timezone: str) -> str:
     Covers the shapes schedules usually take (fixed minute/hour, one weekday or day of month,
     ``*/n`` steps); anything else is said as "on the schedule <expr>" rather than guessed.
     """
-    fields = _ALIASES.get(expr.strip().lower(), expr.strip()).split()
+    fields = CRON_ALIASES.get(expr.strip().lower(), expr.strip()).split()
     fallback = f"on the schedule {expr} ({timezone})"
     if len(fields) != 5:
         return fallback
