@@ -21,6 +21,7 @@ LAYERS: dict[str, int] = {
     "config": 1,
     "config_kinds": 1,
     "config_checks": 1,
+    "config_database": 1,
     "db": 1,
     "schemas": 1,
     "metrics": 1,
