@@ -22,7 +22,8 @@ LAYERS: dict[str, int] = {
     "config_kinds": 1,
     "config_checks": 1,
     "config_database": 1,
-    "db": 1,
+    "state": 1,  # the Database protocol and its backends
+    "state.sqlite": 1,
     "schemas": 1,
     "metrics": 1,
     "health": 1,
@@ -76,7 +77,7 @@ SEAMS: dict[str, set[str]] = {
     "redis": {"locks.redis"},
     "statsmodels": {"producers.forecast"},
     "pandas": {"producers.forecast"},
-    "aiosqlite": {"db"},
+    "aiosqlite": {"state.sqlite"},
     "aiohttp.web": {"http", "daemon", "wiring", "ui.routes"},
     "jinja2": {"ui.templating"},
 }
@@ -158,7 +159,7 @@ def test_http_edge_never_touches_storage_or_lock_backends() -> None:
     ):
         for name in imports(modules()[module]):
             assert not name.startswith(
-                ("warmupd.db", "warmupd.locks", "warmupd.store", "warmupd.runs")
+                ("warmupd.state", "warmupd.locks", "warmupd.store", "warmupd.runs")
             ), (module, name)
 
 

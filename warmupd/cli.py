@@ -22,8 +22,8 @@ from warmupd.cli_remote import cmd_runs, cmd_status, cmd_trigger, cmd_warmup
 from warmupd.clock import SystemClock
 from warmupd.config import Config, load_config
 from warmupd.config_values import describe
-from warmupd.db import Database
 from warmupd.errors import UsageError, WarmupdError, exit_code_for
+from warmupd.state.sqlite import SqliteDatabase
 
 # --------------------------------------------------------------------------- commands
 
@@ -105,7 +105,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     cfg = _load(args)
 
     async def go() -> int:
-        async with Database(cfg.daemon.db_path, busy_timeout_ms=5000) as db:
+        async with SqliteDatabase(cfg.daemon.db_path, busy_timeout_ms=5000) as db:
             version = await db.schema_version()
         print(f"{cfg.daemon.db_path}: schema version {version}")
         return 0
@@ -125,7 +125,7 @@ def cmd_import(args: argparse.Namespace) -> int:
         raise UsageError(f"cannot read {path}: {exc}") from None
 
     async def go() -> int:
-        async with Database(cfg.daemon.db_path) as db:
+        async with SqliteDatabase(cfg.daemon.db_path) as db:
             report = await import_lines(db, text.splitlines(), SystemClock().wall_ms())
         for line_no, reason in report.errors:
             print(f"{path}:{line_no}: {reason}", file=sys.stderr)
@@ -145,7 +145,7 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
     cfg = _load(args)
 
     async def go() -> int:
-        async with Database(cfg.daemon.db_path) as db:
+        async with SqliteDatabase(cfg.daemon.db_path) as db:
             n = await load_demo_data(
                 db,
                 count=args.count,

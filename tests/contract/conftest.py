@@ -18,10 +18,10 @@ from tests.lock_support import (
     require_redis,
     wait_for_condition,
 )
-from warmupd.db import Database
 from warmupd.locks import Locks
 from warmupd.locks.redis import RedisLocks
 from warmupd.locks.sqlite import SqliteLocks
+from warmupd.state.sqlite import SqliteDatabase
 
 
 class Harness:
@@ -60,13 +60,15 @@ class Harness:
 class SqliteHarness(Harness):
     name = "sqlite"
 
-    def __init__(self, path: Path, db_a: Database, db_b: Database, clock: FakeClock) -> None:
+    def __init__(
+        self, path: Path, db_a: SqliteDatabase, db_b: SqliteDatabase, clock: FakeClock
+    ) -> None:
         self.path = path
         self.db_a = db_a
         self.clock = clock
         self.a = SqliteLocks(db_a, clock, "node-a")
         self.b = SqliteLocks(db_b, clock, "node-b")
-        self._closed_db = Database(path)
+        self._closed_db = SqliteDatabase(path)
 
     async def _expires_at(self, key: str) -> int:
         row = await self.db_a.fetchone("SELECT expires_at FROM locks WHERE key = ?", (key,))
@@ -155,7 +157,7 @@ async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
     clock = FakeClock()
     if request.param == "sqlite":
         path = tmp_path / "warmupd.db"
-        async with Database(path) as db_a, Database(path) as db_b:
+        async with SqliteDatabase(path) as db_a, SqliteDatabase(path) as db_b:
             yield SqliteHarness(path, db_a, db_b, clock)
         return
     require_redis()
