@@ -22,8 +22,9 @@ LAYERS: dict[str, int] = {
     "config_kinds": 1,
     "config_checks": 1,
     "config_database": 1,
-    "state": 1,  # the Database protocol and its backends
+    "state": 1,  # the Database protocol and its backends (aiosqlite, asyncpg)
     "state.sqlite": 1,
+    "state.postgres": 1,
     "schemas": 1,
     "metrics": 1,
     "health": 1,
@@ -78,6 +79,7 @@ SEAMS: dict[str, set[str]] = {
     "statsmodels": {"producers.forecast"},
     "pandas": {"producers.forecast"},
     "aiosqlite": {"state.sqlite"},
+    "asyncpg": {"state.postgres"},
     "aiohttp.web": {"http", "daemon", "wiring", "ui.routes"},
     "jinja2": {"ui.templating"},
 }
