@@ -25,6 +25,7 @@ LAYERS: dict[str, int] = {
     "state": 1,  # the Database protocol and its backends (aiosqlite, asyncpg)
     "state.sqlite": 1,
     "state.postgres": 1,
+    "state.backends": 1,
     "schemas": 1,
     "metrics": 1,
     "health": 1,

@@ -101,13 +101,21 @@ def _parse_after(text: str) -> int:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    """Apply pending schema migrations."""
+    """Apply pending schema migrations to the configured state (SQLite file or PostgreSQL)."""
+    from warmupd.state.backends import describe_location, state_database
+
     cfg = _load(args)
+    where = describe_location(cfg.database, cfg.daemon.db_path)
 
     async def go() -> int:
-        async with SqliteDatabase(cfg.daemon.db_path, busy_timeout_ms=5000) as db:
-            version = await db.schema_version()
-        print(f"{cfg.daemon.db_path}: schema version {version}")
+        db = state_database(cfg.database, cfg.daemon.db_path)
+        await db.open(migrate=False)
+        try:
+            before, after = await db.migrate()
+        finally:
+            await db.close()
+        done = "up to date" if before == after else f"migrated from {before}"
+        print(f"{where}: schema version {after} ({done})")
         return 0
 
     return _run_async(go())
