@@ -25,10 +25,10 @@ from aiohttp import web
 
 from warmupd.clock import SystemClock
 from warmupd.config import JOB_FORECASTS, parse_config
-from warmupd.db import Database
 from warmupd.metrics import measure_loop_lag
 from warmupd.models import Comparison
 from warmupd.producers.forecast import forecast_term
+from warmupd.state.sqlite import SqliteDatabase
 from warmupd.store import ComparisonStore
 
 STATE = web.AppKey("state", dict)
@@ -38,7 +38,7 @@ async def load(db_path: Path) -> list[Comparison]:
     """Every comparison of the forecasts job's selection, in its order."""
     cfg = parse_config({"jobs": {JOB_FORECASTS: {"limit": 1000}}}, env={})
     job = cfg.jobs[JOB_FORECASTS]
-    async with Database(db_path) as db:
+    async with SqliteDatabase(db_path) as db:
         store = ComparisonStore(db)
         now = SystemClock().wall_ms()
         return await store.select_for_forecasts(now_ms=now, window_ms=job.window_ms, limit=1000)

@@ -2,7 +2,7 @@
 
 Run: ``python -m bench.p10_dashboard`` (``--quick``: 20,000 comparisons, 2,000 runs).
 
-The state file is made by :class:`warmupd.db.Database` (the real migrations and indexes) and filled
+The state file is made by :class:`warmupd.state.sqlite.SqliteDatabase` (the real migrations and indexes) and filled
 with stdlib ``sqlite3``: the comparisons of P8 (same generator), 10,000 runs of the three jobs spread
 over the 90 days of the default retention (so ~780 fall in the timeline's 7 days; 8 % failed with
 errors, 10 % skipped), and three cache entries (both forecasts and the insights) for each of the
@@ -33,7 +33,7 @@ from bench.common import Result, Verdict, describe, finish, machine_line
 from bench.p8_selection import NOW_MS as _P8_NOW
 from bench.p8_selection import generate
 from bench.procs import BenchDaemon
-from warmupd.db import Database
+from warmupd.state.sqlite import SqliteDatabase
 
 DAY_MS = 86_400_000
 TARGET_MS = 50.0
@@ -155,7 +155,7 @@ def run(quick: bool, rows: int | None = None, runs: int | None = None) -> Result
         db_path = daemon.dir / "state" / "warmupd.db"
 
         async def migrate() -> None:
-            async with Database(db_path):
+            async with SqliteDatabase(db_path):
                 pass
 
         asyncio.run(migrate())

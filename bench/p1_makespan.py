@@ -32,12 +32,12 @@ from typing import Any
 from bench.common import Result, Verdict, finish, interleaved, machine_line
 from warmupd.clock import SystemClock
 from warmupd.config import JOB_FORECASTS, parse_config
-from warmupd.db import Database
 from warmupd.jobs.base import Fencing, ItemOutcome, Job, RunSettings
 from warmupd.jobs.runner import JobRunner
 from warmupd.locks.sqlite import SqliteLocks
 from warmupd.models import RunStatus, Trigger
 from warmupd.runs import RunStore
+from warmupd.state.sqlite import SqliteDatabase
 
 ITEMS = 200
 CONCURRENCY = 5
@@ -104,7 +104,7 @@ async def measure(items: list[float], repetitions: int, state_path: Path) -> dic
     clock = SystemClock()
     windows: list[float] = []
     statuses: list[str] = []
-    async with Database(state_path) as db:
+    async with SqliteDatabase(state_path) as db:
         runner_locks = SqliteLocks(db, clock, "bench:p1")
         runs = RunStore(db)
 

@@ -7,7 +7,7 @@ Run: ``python -m bench.p4_locks`` (``--quick`` for a smoke run).
   (``blocking=False``, ``timeout`` > 0, ``thread_local=False``; acquire = ``SET NX PX``, release =
   its Lua script), a new ``Lock`` object per round trip as redis-py recommends, on the same server
   under a private key prefix that is deleted afterwards. Target ≥ 0.9×.
-* SQLite: :class:`warmupd.locks.sqlite.SqliteLocks` over :class:`warmupd.db.Database` against a bare
+* SQLite: :class:`warmupd.locks.sqlite.SqliteLocks` over :class:`warmupd.state.sqlite.SqliteDatabase` against a bare
   aiosqlite connection to the same file doing the minimum lease: one ``INSERT … ON CONFLICT … DO
   UPDATE … WHERE … RETURNING`` upsert (``execute_fetchall``, one thread hop) and one conditional
   ``UPDATE`` on the same ``locks`` table. Target ≥ 0.8×.
@@ -36,10 +36,10 @@ from redis.asyncio.lock import Lock as RedisPyLock
 
 from bench.common import REDIS_URL, Result, Verdict, describe, finish, interleaved, machine_line
 from warmupd.clock import SystemClock
-from warmupd.db import Database
 from warmupd.locks.redis import RedisLocks
 from warmupd.locks.sqlite import SqliteLocks
 from warmupd.models import Acquired
+from warmupd.state.sqlite import SqliteDatabase
 
 LEASE_MS = 30_000
 
@@ -117,7 +117,7 @@ async def bench_redis(rounds: int, repetitions: int) -> dict[str, Any]:
 async def bench_sqlite(rounds: int, repetitions: int, path: Path) -> dict[str, Any]:
     """SqliteLocks vs a bare two-statement aiosqlite lease on the same file."""
     clock = SystemClock()
-    async with Database(path) as db:
+    async with SqliteDatabase(path) as db:
         ours = SqliteLocks(db, clock, "bench")
         bare = await aiosqlite.connect(path, isolation_level=None)
         try:

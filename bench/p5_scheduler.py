@@ -43,11 +43,11 @@ from apscheduler.triggers.cron import CronTrigger
 from bench.common import Result, Verdict, describe, finish, machine_line
 from warmupd.clock import SystemClock
 from warmupd.daemon import SWITCH_INTERVAL_S
-from warmupd.db import Database
 from warmupd.locks.sqlite import SqliteLocks
 from warmupd.models import Fire
 from warmupd.scheduler import JobSchedule
 from warmupd.scheduler_loop import Scheduler
+from warmupd.state.sqlite import SqliteDatabase
 from warmupd.store import ScheduleStore
 
 TARGET_P99_MS = 20.0
@@ -58,7 +58,7 @@ def _now_ms() -> float:
 
 
 async def _warmupd_window(
-    db: Database, job: str, seconds: float, out: list[float], clock: SystemClock
+    db: SqliteDatabase, job: str, seconds: float, out: list[float], clock: SystemClock
 ) -> None:
     async def on_fire(fire: Fire) -> None:
         out.append(_now_ms() - fire.due_ms)
@@ -108,7 +108,7 @@ async def measure(window_s: float, windows: int, state_path: Path) -> dict[str, 
     aps_ms: list[float] = []
     aps_missed: list[str] = []
     clock = SystemClock()
-    async with Database(state_path) as db:
+    async with SqliteDatabase(state_path) as db:
         for i in range(windows):
             # A fresh job name per window: each window starts clean instead of recording the
             # slots that passed during the other scheduler's window as misfires.

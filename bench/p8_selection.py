@@ -2,7 +2,7 @@
 
 Run: ``python -m bench.p8_selection`` (``--rows N``; ``--quick`` for 20,000 rows).
 
-The file is a temporary state database created by :class:`warmupd.db.Database` (the real
+The file is a temporary state database created by :class:`warmupd.state.sqlite.SqliteDatabase` (the real
 migrations and indexes), filled with stdlib ``sqlite3`` ``executemany`` in transactions of 100,000
 rows. Distributions (seeded): ``created_at`` uniform over the year before "now"; 70 % of the
 comparisons were never viewed (``view_count`` 0, ``last_visited`` NULL), the rest have Zipf-like
@@ -11,7 +11,7 @@ days (never before ``created_at``); a tiny one-point series.
 
 Timed: :meth:`warmupd.store.ComparisonStore.select_for_forecasts` (limit 50, window 7 days) and
 :meth:`~warmupd.store.ComparisonStore.select_for_insights` (limit 30, window 30 days, min_views 10),
-the defaults of ``config.py``, through the real :class:`~warmupd.db.Database`; the median over
+the defaults of ``config.py``, through the real :class:`~warmupd.state.sqlite.SqliteDatabase`; the median over
 repetitions, each a complete call including the rows' decoding. Then the worst cases, reported as
 measured: insights with nothing matching (``min_views`` above every count, a window that starts
 after every visit), and forecasts on the same file after it is turned into a quiet site (views only on 5
@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import Result, Verdict, describe, finish, machine_line
-from warmupd.db import Database
+from warmupd.state.sqlite import SqliteDatabase
 from warmupd.store import ComparisonStore
 
 NOW_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z, fixed so the data and the figures repeat
@@ -117,7 +117,7 @@ def make_quiet(path: Path) -> float:
     return time.perf_counter() - started
 
 
-async def _plans(db: Database, call: Any) -> list[str]:
+async def _plans(db: SqliteDatabase, call: Any) -> list[str]:
     """``EXPLAIN QUERY PLAN`` of exactly the statements ``call`` sends through ``db``."""
     sent: list[tuple[str, Any]] = []
     original = db.fetchall
@@ -150,7 +150,7 @@ async def _time(call: Any, repetitions: int) -> tuple[list[float], int]:
 async def measure(path: Path, repetitions: int) -> dict[str, Any]:
     """Time both selections (typical and worst case) on the generated file."""
     out: dict[str, Any] = {}
-    async with Database(path) as db:
+    async with SqliteDatabase(path) as db:
         store = ComparisonStore(db)
         cases = {
             "forecasts": lambda: store.select_for_forecasts(
@@ -169,7 +169,7 @@ async def measure(path: Path, repetitions: int) -> dict[str, Any]:
             times, found = await _time(call, repetitions)
             out[name] = describe(times) | {"rows": found}
     out["quiet_s"] = make_quiet(path)
-    async with Database(path) as db:
+    async with SqliteDatabase(path) as db:
         store = ComparisonStore(db)
 
         def quiet() -> Any:
@@ -184,7 +184,7 @@ async def measure(path: Path, repetitions: int) -> dict[str, Any]:
 async def _run(rows: int, repetitions: int) -> Result:
     with tempfile.TemporaryDirectory(prefix="warmupd-bench-p8-") as tmp:
         path = Path(tmp) / "warmupd.db"
-        async with Database(path):
+        async with SqliteDatabase(path):
             pass  # the real migrations create the schema and its indexes
         generate_s = generate(path, rows)
         print(f"  generated {rows:,} comparisons in {generate_s:.1f} s")

@@ -12,7 +12,7 @@ from hypothesis import settings
 
 from tests.daemon_support import DaemonProcess
 from tests.fakes import FakeClock
-from warmupd.db import Database
+from warmupd.state.sqlite import SqliteDatabase
 
 # Property tests: in CI the same examples every run (derandomized, no example database), so a
 # failure is reproducible from the log alone; locally random, with hypothesis's example database
@@ -28,8 +28,8 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-async def db(tmp_path: Path) -> AsyncIterator[Database]:
-    async with Database(tmp_path / "warmupd.db") as database:
+async def db(tmp_path: Path) -> AsyncIterator[SqliteDatabase]:
+    async with SqliteDatabase(tmp_path / "warmupd.db") as database:
         yield database
 
 

@@ -24,11 +24,11 @@ import time
 from pathlib import Path
 
 from warmupd.clock import SystemClock
-from warmupd.db import Database
 from warmupd.locks import Locks, hold
 from warmupd.locks.redis import RedisLocks
 from warmupd.locks.sqlite import SqliteLocks
 from warmupd.models import Acquired, AcquireResult, Lease
+from warmupd.state.sqlite import SqliteDatabase
 
 KEY = "warmup:race:lock"
 
@@ -66,7 +66,7 @@ def broken_redis(locks: RedisLocks) -> RedisLocks:
     return locks
 
 
-async def open_locks(args: argparse.Namespace, db: Database | None) -> Locks:
+async def open_locks(args: argparse.Namespace, db: SqliteDatabase | None) -> Locks:
     clock = SystemClock()
     if args.backend == "sqlite":
         assert db is not None
@@ -106,7 +106,7 @@ async def hold_forever(locks: Locks, args: argparse.Namespace) -> None:
 
 
 async def main(args: argparse.Namespace) -> None:
-    db = Database(args.target) if args.backend == "sqlite" else None
+    db = SqliteDatabase(args.target) if args.backend == "sqlite" else None
     if db is not None:
         await db.open()
     locks = await open_locks(args, db)

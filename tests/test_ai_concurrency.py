@@ -26,7 +26,6 @@ from warmupd.cache import CacheStore
 from warmupd.cli import main
 from warmupd.config import JOB_INSIGHTS, parse_config
 from warmupd.config_checks import warnings_for
-from warmupd.db import Database
 from warmupd.errors import ConfigError
 from warmupd.importer import load_demo_data
 from warmupd.jobs.insights import InsightsJob
@@ -35,6 +34,7 @@ from warmupd.jobs.runner import JobRunner
 from warmupd.locks.sqlite import SqliteLocks
 from warmupd.models import RunStatus, Trigger
 from warmupd.runs import RunStore
+from warmupd.state.sqlite import SqliteDatabase
 from warmupd.store import ComparisonStore
 from warmupd.wiring import make_insights
 
@@ -133,7 +133,7 @@ async def run_ai_job(
             {"ai": {"provider": "openai", "base_url": url, "model": "fake", **ai}}, env={}
         )
         clock = FakeClock(NOW)
-        async with Database(tmp_path / "state.db") as db:
+        async with SqliteDatabase(tmp_path / "state.db") as db:
             await load_demo_data(db, count=items + 4, seed=11, now_ms=NOW)
             insights = make_insights(cfg, InlinePool())  # type: ignore[arg-type]
             try:

@@ -21,7 +21,11 @@ LAYERS: dict[str, int] = {
     "config": 1,
     "config_kinds": 1,
     "config_checks": 1,
-    "db": 1,
+    "config_database": 1,
+    "state": 1,  # the Database protocol and its backends (aiosqlite, asyncpg)
+    "state.sqlite": 1,
+    "state.postgres": 1,
+    "state.backends": 1,
     "schemas": 1,
     "metrics": 1,
     "health": 1,
@@ -75,7 +79,8 @@ SEAMS: dict[str, set[str]] = {
     "redis": {"locks.redis"},
     "statsmodels": {"producers.forecast"},
     "pandas": {"producers.forecast"},
-    "aiosqlite": {"db"},
+    "aiosqlite": {"state.sqlite"},
+    "asyncpg": {"state.postgres"},
     "aiohttp.web": {"http", "daemon", "wiring", "ui.routes"},
     "jinja2": {"ui.templating"},
 }
@@ -157,7 +162,7 @@ def test_http_edge_never_touches_storage_or_lock_backends() -> None:
     ):
         for name in imports(modules()[module]):
             assert not name.startswith(
-                ("warmupd.db", "warmupd.locks", "warmupd.store", "warmupd.runs")
+                ("warmupd.state", "warmupd.locks", "warmupd.store", "warmupd.runs")
             ), (module, name)
 
 

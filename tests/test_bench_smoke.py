@@ -80,7 +80,7 @@ async def test_p5_smoke(tmp_path: Path) -> None:
 
 async def test_p8_smoke(tmp_path: Path) -> None:
     path = tmp_path / "p8.db"
-    async with p8_selection.Database(path):
+    async with p8_selection.SqliteDatabase(path):
         pass
     p8_selection.generate(path, 3_000)
     data = await p8_selection.measure(path, 2)

@@ -19,9 +19,9 @@ from tests.daemon_support import (
     wait_until,
 )
 from warmupd.clock import SystemClock
-from warmupd.db import Database
 from warmupd.locks.sqlite import SqliteLocks
 from warmupd.models import Acquired
+from warmupd.state.sqlite import SqliteDatabase
 
 pytestmark = pytest.mark.slow
 
@@ -126,7 +126,7 @@ def test_sigterm_during_a_run_cancels_it_and_frees_the_lock(
     assert "cancelled" in row["errors"]
 
     async def take_lock() -> object:
-        async with Database(daemon.db_path) as db:
+        async with SqliteDatabase(daemon.db_path) as db:
             return await SqliteLocks(db, SystemClock(), "other:1:abcdef").acquire(
                 "warmup:ai-explanations:lock", 3_000
             )

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from warmupd.db import SCHEMA_VERSION, Database
+from warmupd.errors import SchemaTooNew
+from warmupd.state.sqlite import SCHEMA_VERSION, SqliteDatabase
 
 
-async def test_pragmas_are_set(db: Database) -> None:
+async def test_pragmas_are_set(db: SqliteDatabase) -> None:
     assert (await db.fetchone("PRAGMA journal_mode"))[0] == "wal"
     assert (await db.fetchone("PRAGMA synchronous"))[0] == 1  # NORMAL
     assert (await db.fetchone("PRAGMA busy_timeout"))[0] >= 5000
@@ -19,11 +20,11 @@ async def test_pragmas_are_set(db: Database) -> None:
 
 async def test_migrations_are_idempotent(tmp_path: Path) -> None:
     path = tmp_path / "w.db"
-    async with Database(path) as db:
+    async with SqliteDatabase(path) as db:
         assert await db.schema_version() == SCHEMA_VERSION
         schema_before = await db.fetchall("SELECT sql FROM sqlite_master ORDER BY name")
         assert await db.migrate() == (SCHEMA_VERSION, SCHEMA_VERSION)
-    async with Database(path) as db:
+    async with SqliteDatabase(path) as db:
         schema_after = await db.fetchall("SELECT sql FROM sqlite_master ORDER BY name")
     assert [tuple(r) for r in schema_before] == [tuple(r) for r in schema_after]
 
@@ -31,7 +32,7 @@ async def test_migrations_are_idempotent(tmp_path: Path) -> None:
 async def test_an_empty_version_0_file_migrates(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
     sqlite3.connect(path).close()  # a file created before any warmupd schema existed
-    async with Database(path) as db:
+    async with SqliteDatabase(path) as db:
         assert await db.schema_version() == SCHEMA_VERSION
         tables = {
             r[0] for r in await db.fetchall("SELECT name FROM sqlite_master WHERE type='table'")
@@ -51,12 +52,15 @@ async def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
     conn = sqlite3.connect(path)
     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     conn.close()
-    with pytest.raises(RuntimeError, match="newer than this warmupd"):
-        async with Database(path):
+    with pytest.raises(
+        SchemaTooNew,
+        match=f"schema version {SCHEMA_VERSION + 1}, newer than this warmupd.s {SCHEMA_VERSION}",
+    ):
+        async with SqliteDatabase(path):
             pass
 
 
-async def test_transaction_rolls_back_on_error(db: Database) -> None:
+async def test_transaction_rolls_back_on_error(db: SqliteDatabase) -> None:
     async def write_then_fail() -> None:
         async with db.transaction() as tx:
             await tx.execute("INSERT INTO schedule_state(job, last_fire_at) VALUES ('x', 1)")
@@ -70,7 +74,7 @@ async def test_transaction_rolls_back_on_error(db: Database) -> None:
     assert (await db.fetchone("SELECT last_fire_at FROM schedule_state"))[0] == 1
 
 
-async def test_a_statement_never_lands_inside_another_tasks_transaction(db: Database) -> None:
+async def test_a_statement_never_lands_inside_another_tasks_transaction(db: SqliteDatabase) -> None:
     import asyncio
 
     inside = asyncio.Event()
@@ -106,7 +110,7 @@ async def test_a_transaction_cancelled_while_begin_waits_leaves_no_transaction_o
     import asyncio
 
     path = tmp_path / "w.db"
-    async with Database(path, busy_timeout_ms=2_000) as db:
+    async with SqliteDatabase(path, busy_timeout_ms=2_000) as db:
         await db.execute("CREATE TABLE t(x)")
         other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         other.execute("BEGIN IMMEDIATE")  # another process holds the write lock

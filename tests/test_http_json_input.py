@@ -15,11 +15,11 @@ import pytest
 from yarl import URL
 
 from tests.http_fakes import JOB_SECRET, WARMUP_SECRET, FakeServices
-from warmupd.db import Database
 from warmupd.errors import InvalidRequest
 from warmupd.http import create_app
 from warmupd.importer import import_lines
 from warmupd.json_input import decode_json
+from warmupd.state.sqlite import SqliteDatabase
 from warmupd.store import ComparisonStore
 
 J = {"X-Job-Secret": JOB_SECRET, "Content-Type": "application/json"}
@@ -261,7 +261,7 @@ async def test_import_reports_a_surrogate_line_and_loads_the_rest(tmp_path: Path
         json.dumps({**good, "slug": "bad-one"}).replace('"tea", "coffee"]', '"\\ud800", "x"]'),
         json.dumps({**good, "slug": "dup"})[:-1] + ', "slug": "dup-two"}',
     ]
-    async with Database(tmp_path / "w.db") as db:
+    async with SqliteDatabase(tmp_path / "w.db") as db:
         report = await import_lines(db, lines, 1_767_225_600_000)
         assert report.created == 1
         assert [n for n, _ in report.errors] == [2, 3]

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from warmupd.cli import main
-from warmupd.db import Database
 from warmupd.importer import import_lines, load_demo_data
 from warmupd.models import data_hash
+from warmupd.state.sqlite import SqliteDatabase
 from warmupd.store import ComparisonStore
 
 
@@ -21,7 +21,7 @@ def _line(slug: str, n: int = 10) -> str:
     )
 
 
-async def test_import_loads_good_lines_and_reports_bad_ones(db: Database) -> None:
+async def test_import_loads_good_lines_and_reports_bad_ones(db: SqliteDatabase) -> None:
     lines = [
         _line("tea-vs-coffee"),
         "{not json",
@@ -83,7 +83,7 @@ def test_import_cli_reports_line_numbers(
     assert "imported 2 comparisons" in captured.out
 
 
-async def test_demo_data_is_realistic_and_deterministic(db: Database, tmp_path: Path) -> None:
+async def test_demo_data_is_realistic_and_deterministic(db: SqliteDatabase, tmp_path: Path) -> None:
     assert await load_demo_data(db, count=25, seed=3, now_ms=1_767_225_600_000) == 25
     store = ComparisonStore(db)
     comps = await store.select_for_forecasts(1_767_225_600_000, 7 * 86_400_000, 100)
@@ -97,7 +97,7 @@ async def test_demo_data_is_realistic_and_deterministic(db: Database, tmp_path: 
         assert min(values) >= 0
         assert len(c.series) >= 30
     assert await load_demo_data(db, count=25, seed=3, now_ms=1, only_if_empty=True) == 0
-    async with Database(tmp_path / "other.db") as other:
+    async with SqliteDatabase(tmp_path / "other.db") as other:
         await load_demo_data(other, count=25, seed=3, now_ms=1_767_225_600_000)
         again = await ComparisonStore(other).get(comps[0].slug)
     assert again is not None

@@ -13,7 +13,6 @@ import pytest
 
 from tests.fakes import FakeClock
 from warmupd.config import JOB_FORECASTS, Config, JobConfig, parse_config
-from warmupd.db import Database
 from warmupd.errors import AlreadyRunning, LockedElsewhere, LockLost, NotFound, ProducerError
 from warmupd.jobs.base import Fencing, ItemOutcome, Job, RunSettings
 from warmupd.jobs.runner import JobRunner
@@ -22,6 +21,7 @@ from warmupd.locks.sqlite import SqliteLocks
 from warmupd.logs import outcome_level
 from warmupd.models import Acquired, Lease, RunStatus, Trigger
 from warmupd.runs import RunStore
+from warmupd.state.sqlite import SqliteDatabase
 
 
 @dataclass
@@ -78,7 +78,7 @@ def config(**job: Any) -> Config:
 
 @dataclass
 class World:
-    db: Database
+    db: SqliteDatabase
     locks: SqliteLocks
     other: SqliteLocks
     runs: RunStore
@@ -99,7 +99,7 @@ class World:
 @pytest.fixture
 async def world(tmp_path: Path) -> AsyncIterator[World]:
     clock = FakeClock()
-    async with Database(tmp_path / "w.db") as db, Database(tmp_path / "w.db") as db2:
+    async with SqliteDatabase(tmp_path / "w.db") as db, SqliteDatabase(tmp_path / "w.db") as db2:
         yield World(
             db=db,
             locks=SqliteLocks(db, clock, "test:1:aaaaaa"),

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from warmupd.db import Database
 from warmupd.models import Comparison
+from warmupd.state.sqlite import SqliteDatabase
 from warmupd.store import ComparisonStore
 
 DAY = 86_400_000
@@ -26,7 +26,7 @@ async def add(
             )
 
 
-async def test_forecast_selection_branches_and_order(db: Database) -> None:
+async def test_forecast_selection_branches_and_order(db: SqliteDatabase) -> None:
     store = ComparisonStore(db)
     await add(store, "new-unvisited", created=NOW - DAY)  # branch 1: created within window
     await add(store, "old-visited", created=NOW - 90 * DAY, visited=NOW - 2 * DAY)  # branch 2
@@ -49,14 +49,14 @@ async def test_forecast_selection_branches_and_order(db: Database) -> None:
     assert [c.slug for c in await store.select_for_forecasts(NOW, WEEK, 2)] == selected[:2]
 
 
-async def test_forecast_selection_boundary_is_inclusive(db: Database) -> None:
+async def test_forecast_selection_boundary_is_inclusive(db: SqliteDatabase) -> None:
     store = ComparisonStore(db)
     await add(store, "exactly-window", created=NOW - WEEK)
     await add(store, "just-outside", created=NOW - WEEK - 1)
     assert [c.slug for c in await store.select_for_forecasts(NOW, WEEK, 10)] == ["exactly-window"]
 
 
-async def test_insights_selection_branches_and_order(db: Database) -> None:
+async def test_insights_selection_branches_and_order(db: SqliteDatabase) -> None:
     store = ComparisonStore(db)
     window = 30 * DAY
     await add(store, "many-views-old", created=NOW - 400 * DAY, views=500)  # branch 1 (NULL visit)
@@ -72,7 +72,7 @@ async def test_insights_selection_branches_and_order(db: Database) -> None:
     ]
 
 
-async def test_selection_walks_the_popularity_index_and_stops_early(db: Database) -> None:
+async def test_selection_walks_the_popularity_index_and_stops_early(db: SqliteDatabase) -> None:
     store = ComparisonStore(db)
     await add(store, "viewed", created=NOW - 90 * DAY, views=3)
     sent: list[tuple[str, object]] = []

@@ -14,7 +14,6 @@ import pytest
 from tests.fakes import FakeClock
 from warmupd.cache import CacheStore, insights_key
 from warmupd.config import JOB_FORECASTS, JOB_HOUSEKEEPING, JOB_INSIGHTS, Config, parse_config
-from warmupd.db import Database
 from warmupd.errors import NotFound, ProducerError, QueueFull, StaleDataHash
 from warmupd.jobs import build_jobs
 from warmupd.jobs.base import Fencing
@@ -26,6 +25,7 @@ from warmupd.locks.sqlite import SqliteLocks
 from warmupd.models import Comparison, Freshness, RunStatus, Trigger, WarmupState
 from warmupd.producers.insights_builtin import BuiltinInsights
 from warmupd.runs import NodeStore, RunStore
+from warmupd.state.sqlite import SqliteDatabase
 from warmupd.store import ComparisonStore, WarmupStore
 
 T = TypeVar("T")
@@ -58,7 +58,7 @@ class RecordingCpu:
 class RecordingWarmups(WarmupStore):
     """Records each status it writes."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: SqliteDatabase) -> None:
         super().__init__(db)
         self.history: list[tuple[str, WarmupState]] = []
 
@@ -100,7 +100,7 @@ class World:
     on_demand: OnDemand
     service: ComparisonService
     other_locks: SqliteLocks
-    other_db: Database
+    other_db: SqliteDatabase
     """A second connection to the same file: what another warmupd process writes through."""
 
 
@@ -108,7 +108,7 @@ class World:
 async def world(tmp_path: Path) -> AsyncIterator[World]:
     cfg = parse_config({"on_demand": {"max_queued": 2, "concurrency": 1}}, env={})
     clock = FakeClock(wall_ms=1_767_225_600_000)
-    async with Database(tmp_path / "w.db") as db, Database(tmp_path / "w.db") as db2:
+    async with SqliteDatabase(tmp_path / "w.db") as db, SqliteDatabase(tmp_path / "w.db") as db2:
         locks = SqliteLocks(db, clock, "n1")
         comparisons, cache, runs = ComparisonStore(db), CacheStore(db), RunStore(db)
         warmups = RecordingWarmups(db)

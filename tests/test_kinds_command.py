@@ -15,17 +15,17 @@ from tests.kinds_support import CHILD, group_gone, pid_alive, wait_for_file
 from tests.site_fakes import kinds_config
 from warmupd.clock import SystemClock
 from warmupd.config import parse_config
-from warmupd.db import Database
 from warmupd.jobs.kinds.command import CommandJob, describe_status
 from warmupd.jobs.runner import JobRunner
 from warmupd.locks.sqlite import SqliteLocks
 from warmupd.models import RunRecord, RunStatus, Trigger
 from warmupd.runs import RunStore
+from warmupd.state.sqlite import SqliteDatabase
 
 
 @dataclass
 class World:
-    db: Database
+    db: SqliteDatabase
     tmp: Path
 
     def runner(
@@ -56,7 +56,7 @@ class World:
 
 @pytest.fixture
 async def world(tmp_path: Path) -> AsyncIterator[World]:
-    async with Database(tmp_path / "w.db") as db:
+    async with SqliteDatabase(tmp_path / "w.db") as db:
         yield World(db, tmp_path)
 
 

@@ -22,7 +22,6 @@ from tests.fakes import FakeClock
 from tests.site_fakes import Site, kinds_config, sitemapindex, start_sites, urlset
 from warmupd.clock import Clock, SystemClock
 from warmupd.config import parse_config
-from warmupd.db import Database
 from warmupd.jobs.kinds.hosts import HostGate
 from warmupd.jobs.kinds.http import HttpJob, retry_after_s
 from warmupd.jobs.runner import JobRunner
@@ -30,6 +29,7 @@ from warmupd.locks.sqlite import SqliteLocks
 from warmupd.logs import configure_logging, reset_logging
 from warmupd.models import RunRecord, RunStatus, Trigger
 from warmupd.runs import RunStore
+from warmupd.state.sqlite import SqliteDatabase
 
 SECRET_TOKEN = "Bearer sk-cdn-purge-7f3a9c2e5b1d"
 
@@ -38,7 +38,7 @@ SECRET_TOKEN = "Bearer sk-cdn-purge-7f3a9c2e5b1d"
 class World:
     site: Site
     other: Site
-    db: Database
+    db: SqliteDatabase
     tmp: Path
 
     async def run(
@@ -74,7 +74,7 @@ class World:
 @pytest.fixture
 async def world(tmp_path: Path) -> AsyncIterator[World]:
     site, other = await start_sites("127.0.0.1", "127.0.0.2")
-    async with Database(tmp_path / "w.db") as db:
+    async with SqliteDatabase(tmp_path / "w.db") as db:
         yield World(site, other, db, tmp_path)
     await site.close()
     await other.close()

@@ -28,13 +28,13 @@ from tests.lock_support import (
     worker_env,
 )
 from warmupd.clock import SystemClock
-from warmupd.db import Database
 from warmupd.errors import LockLost
 from warmupd.locks import hold
 from warmupd.locks.fallback import FallbackLocks
 from warmupd.locks.redis import RedisLocks
 from warmupd.locks.sqlite import SqliteLocks
 from warmupd.models import Acquired, Held, Unavailable
+from warmupd.state.sqlite import SqliteDatabase
 
 pytestmark = pytest.mark.slow
 
@@ -53,8 +53,8 @@ def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
 
 
 @pytest.fixture
-async def db(tmp_path: Path) -> AsyncIterator[Database]:
-    async with Database(tmp_path / "warmupd.db") as database:
+async def db(tmp_path: Path) -> AsyncIterator[SqliteDatabase]:
+    async with SqliteDatabase(tmp_path / "warmupd.db") as database:
         yield database
 
 
@@ -68,7 +68,7 @@ def fast_redis_locks(url: str, prefix: str = "warmupd-test:") -> RedisLocks:
 
 @pytest.mark.parametrize("backend", ["sqlite", "redis"])
 async def test_sigkilled_holder_is_taken_over_within_one_lease(
-    backend: str, db: Database, tmp_path: Path
+    backend: str, db: SqliteDatabase, tmp_path: Path
 ) -> None:
     lease_ms = 1_000
     prefix = new_prefix()
@@ -173,7 +173,7 @@ async def test_redis_restarted_empty_mid_hold_renewal_says_lost(
 
 
 async def test_redis_down_at_acquire_then_policy_then_recovery(
-    private_redis: PrivateRedis, db: Database, tmp_path: Path
+    private_redis: PrivateRedis, db: SqliteDatabase, tmp_path: Path
 ) -> None:
     redis_locks = fast_redis_locks(private_redis.url)  # server not started yet: refused
     sqlite_locks = SqliteLocks(db, CLOCK, "node-a")
@@ -182,7 +182,7 @@ async def test_redis_down_at_acquire_then_policy_then_recovery(
         redis_locks, sqlite_locks, "sqlite", on_acquire=lambda b, r: observed.append((b, r))
     )
     skip = FallbackLocks(redis_locks, sqlite_locks, "skip")
-    async with Database(tmp_path / "warmupd.db") as db_b:
+    async with SqliteDatabase(tmp_path / "warmupd.db") as db_b:
         # Another process on this host, same policy.
         other = FallbackLocks(redis_locks, SqliteLocks(db_b, CLOCK, "node-b"), "sqlite")
         try:

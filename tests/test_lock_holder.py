@@ -13,13 +13,13 @@ import redis.asyncio as aioredis
 
 from tests.fakes import FakeClock
 from tests.lock_support import REDIS_URL, delete_prefix, new_prefix, require_redis
-from warmupd.db import Database
 from warmupd.errors import LockedElsewhere
 from warmupd.locks import Locks, hold
 from warmupd.locks.holder import describe_holder, holder_text, parse_holder
 from warmupd.locks.redis import RedisLocks
 from warmupd.locks.sqlite import SqliteLocks
 from warmupd.models import Acquired, Held
+from warmupd.state.sqlite import SqliteDatabase
 
 KEY = "warmup:forecasts:lock"
 NODE_A, NODE_B = "host-a:101:aaaaaa", "host-b:202:bbbbbb"
@@ -30,7 +30,7 @@ async def pair(request: Any, tmp_path: Path) -> AsyncIterator[tuple[Locks, Locks
     """Two holders on one backend: (A, B, backend)."""
     clock = FakeClock()
     if request.param == "sqlite":
-        async with Database(tmp_path / "w.db") as db:
+        async with SqliteDatabase(tmp_path / "w.db") as db:
             yield SqliteLocks(db, clock, NODE_A), SqliteLocks(db, clock, NODE_B), "sqlite"
         return
     require_redis()

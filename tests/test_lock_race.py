@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.lock_support import ROOT, delete_prefix, new_prefix, require_redis, worker_env
-from warmupd.db import Database
+from warmupd.state.sqlite import SqliteDatabase
 
 WORKER = str(ROOT / "tests" / "lock_worker.py")
 PROCESSES = 8
@@ -33,7 +33,7 @@ def target(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str
         path = tmp_path / "warmupd.db"
 
         async def create() -> None:
-            async with Database(path):
+            async with SqliteDatabase(path):
                 pass
 
         asyncio.run(create())

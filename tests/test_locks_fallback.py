@@ -17,12 +17,12 @@ from tests.lock_support import (
     new_prefix,
     require_redis,
 )
-from warmupd.db import Database
 from warmupd.errors import ServiceUnavailable
 from warmupd.locks.fallback import FallbackLocks
 from warmupd.locks.redis import RedisLocks
 from warmupd.locks.sqlite import SqliteLocks
 from warmupd.models import Acquired, Held, Unavailable
+from warmupd.state.sqlite import SqliteDatabase
 
 KEY = "warmup:forecasts:lock"
 
@@ -33,7 +33,7 @@ async def two_hosts(tmp_path: Path) -> AsyncIterator[tuple[FallbackLocks, Fallba
     require_redis()
     prefix = new_prefix()
     clock = FakeClock()
-    async with Database(tmp_path / "a.db") as db_a, Database(tmp_path / "b.db") as db_b:
+    async with SqliteDatabase(tmp_path / "a.db") as db_a, SqliteDatabase(tmp_path / "b.db") as db_b:
         redis_a = RedisLocks(REDIS_URL, prefix, 2.0, clock, "host-a")
         redis_b = RedisLocks(REDIS_URL, prefix, 2.0, clock, "host-b")
         try:
@@ -70,10 +70,12 @@ def test_unknown_policy_is_rejected(tmp_path: Path) -> None:
     clock = FakeClock()
     redis = RedisLocks(REDIS_URL, "x:", 1.0, clock, "n")
     with pytest.raises(ValueError, match="policy"):
-        FallbackLocks(redis, SqliteLocks(Database(tmp_path / "x.db"), clock, "n"), "open")
+        FallbackLocks(redis, SqliteLocks(SqliteDatabase(tmp_path / "x.db"), clock, "n"), "open")
 
 
-async def test_redis_lease_needs_redis_to_renew_and_release(tmp_path: Path, db: Database) -> None:
+async def test_redis_lease_needs_redis_to_renew_and_release(
+    tmp_path: Path, db: SqliteDatabase
+) -> None:
     server = PrivateRedis(tmp_path)
     server.start()
     clock = FakeClock()
@@ -102,15 +104,15 @@ async def test_redis_lease_needs_redis_to_renew_and_release(tmp_path: Path, db: 
 
 
 @pytest.fixture
-async def db(tmp_path: Path) -> AsyncIterator[Database]:
-    async with Database(tmp_path / "warmupd.db") as database:
+async def db(tmp_path: Path) -> AsyncIterator[SqliteDatabase]:
+    async with SqliteDatabase(tmp_path / "warmupd.db") as database:
         yield database
 
 
 async def test_sqlite_busy_is_unavailable_not_held(tmp_path: Path) -> None:
     path = tmp_path / "busy.db"
     clock = FakeClock()
-    async with Database(path, busy_timeout_ms=50) as db:
+    async with SqliteDatabase(path, busy_timeout_ms=50) as db:
         locks = SqliteLocks(db, clock, "n")
         got = await locks.acquire(KEY, 5_000)
         assert isinstance(got, Acquired)
@@ -133,7 +135,7 @@ async def test_sqlite_busy_is_unavailable_not_held(tmp_path: Path) -> None:
         assert await locks.renew(got.lease) is True
 
 
-async def test_held_names_the_holder_and_purge_keeps_fences_rising(db: Database) -> None:
+async def test_held_names_the_holder_and_purge_keeps_fences_rising(db: SqliteDatabase) -> None:
     clock = FakeClock()
     a, b = SqliteLocks(db, clock, "host-a:1:abc"), SqliteLocks(db, clock, "host-b:2:def")
     first = await a.acquire(KEY, 1_000)

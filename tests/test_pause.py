@@ -11,19 +11,19 @@ import pytest
 
 from tests.fakes import FakeClock
 from tests.test_jobs_runner import ScriptedJob, Step, World, config
-from warmupd.db import Database
 from warmupd.errors import NotFound
 from warmupd.jobs.service import JobsService
 from warmupd.locks.sqlite import SqliteLocks
 from warmupd.models import Fire, RunStatus, Trigger
 from warmupd.pauses import PauseStore
 from warmupd.runs import RunStore
+from warmupd.state.sqlite import SqliteDatabase
 
 
 @pytest.fixture
 async def world(tmp_path: Path) -> AsyncIterator[World]:
     clock = FakeClock()
-    async with Database(tmp_path / "w.db") as db, Database(tmp_path / "w.db") as db2:
+    async with SqliteDatabase(tmp_path / "w.db") as db, SqliteDatabase(tmp_path / "w.db") as db2:
         yield World(
             db=db,
             locks=SqliteLocks(db, clock, "test:1:aaaaaa"),
@@ -35,7 +35,7 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
 
 
 async def test_the_pause_is_shared_through_the_state_file(tmp_path: Path) -> None:
-    async with Database(tmp_path / "s.db") as one, Database(tmp_path / "s.db") as two:
+    async with SqliteDatabase(tmp_path / "s.db") as one, SqliteDatabase(tmp_path / "s.db") as two:
         a, b = PauseStore(one), PauseStore(two)
         assert await a.pause("housekeeping", 1_000, "node-a") == 1_000
         assert await b.pause("housekeeping", 2_000, "node-b") == 1_000  # the first pause stands
@@ -44,9 +44,9 @@ async def test_the_pause_is_shared_through_the_state_file(tmp_path: Path) -> Non
         assert await b.resume("housekeeping")
         assert not await a.is_paused("housekeeping")
         assert not await a.resume("housekeeping")
-    async with Database(tmp_path / "s.db") as again:  # survives closing (a restart)
+    async with SqliteDatabase(tmp_path / "s.db") as again:  # survives closing (a restart)
         await PauseStore(again).pause("warmup-forecasts", 3_000, "node-a")
-    async with Database(tmp_path / "s.db") as again:
+    async with SqliteDatabase(tmp_path / "s.db") as again:
         assert await PauseStore(again).paused() == {"warmup-forecasts": 3_000}
 
 

@@ -12,11 +12,11 @@ from tests.fakes import FakeClock
 from tests.test_jobs_warmups import comparison
 from warmupd.cache import CacheStore, insights_key
 from warmupd.config import parse_config
-from warmupd.db import Database
 from warmupd.errors import ServiceUnavailable
 from warmupd.jobs import parts
 from warmupd.jobs.parts import CHANGE_CHECK_S, Warmer
 from warmupd.producers.insights_builtin import BuiltinInsights
+from warmupd.state.sqlite import SqliteDatabase
 from warmupd.store import ComparisonStore
 
 
@@ -31,7 +31,7 @@ class NoCpu:
 class Counting(CacheStore):
     """Counts the joined read statements."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: SqliteDatabase) -> None:
         super().__init__(db)
         self.statements: list[list[str]] = []
 
@@ -44,7 +44,7 @@ class Counting(CacheStore):
 async def setup(tmp_path: Path) -> AsyncIterator[tuple[Warmer, Counting, FakeClock]]:
     cfg = parse_config({}, env={})
     clock = FakeClock(wall_ms=1_767_225_600_000)
-    async with Database(tmp_path / "s.db") as db:
+    async with SqliteDatabase(tmp_path / "s.db") as db:
         cache = Counting(db)
         now = clock.wall_ms()
         for slug in ("s1", "s2", "s3"):

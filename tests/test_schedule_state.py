@@ -9,22 +9,22 @@ from __future__ import annotations
 from pathlib import Path
 
 from tests.fakes import FakeClock
-from warmupd.db import Database
 from warmupd.models import Fire
 from warmupd.scheduler import JobSchedule
 from warmupd.scheduler_loop import Misfire, Scheduler
+from warmupd.state.sqlite import SqliteDatabase
 from warmupd.store import ScheduleStore
 
 HOUR_MS = 3_600_000
 
 
-async def raw_last_fire(db: Database, job: str) -> object:
+async def raw_last_fire(db: SqliteDatabase, job: str) -> object:
     row = await db.fetchone("SELECT last_fire_at FROM schedule_state WHERE job = ?", (job,))
     assert row is not None
     return row["last_fire_at"]
 
 
-async def test_a_round_trip_keeps_never_fired_as_null(db: Database) -> None:
+async def test_a_round_trip_keeps_never_fired_as_null(db: SqliteDatabase) -> None:
     store = ScheduleStore(db)
     await store.save("daily", None, 1_000)
     await store.save("daily", None, 2_000)  # the update path, where NULL used to become 0
@@ -32,7 +32,7 @@ async def test_a_round_trip_keeps_never_fired_as_null(db: Database) -> None:
     assert await raw_last_fire(db, "daily") is None
 
 
-async def test_a_fire_replaces_null_and_null_never_replaces_a_fire(db: Database) -> None:
+async def test_a_fire_replaces_null_and_null_never_replaces_a_fire(db: SqliteDatabase) -> None:
     store = ScheduleStore(db)
     await store.save("daily", None, 1_000)
     await store.save("daily", 1_000, 2_000)
@@ -43,7 +43,7 @@ async def test_a_fire_replaces_null_and_null_never_replaces_a_fire(db: Database)
     assert await store.load("daily") == (1_000, 4_000)
 
 
-async def test_a_fire_at_the_epoch_is_kept_as_zero(db: Database) -> None:
+async def test_a_fire_at_the_epoch_is_kept_as_zero(db: SqliteDatabase) -> None:
     store = ScheduleStore(db)
     await store.save("daily", 0, 1_000)
     await store.save("daily", None, 2_000)
@@ -86,7 +86,7 @@ async def test_three_starts_of_a_fresh_install_without_a_fire_record_no_misfire(
         JobSchedule(name="weekly", expr="0 3 * * 0", misfire_grace_ms=24 * HOUR_MS),
     ]
     for _ in range(3):
-        async with Database(tmp_path / "warmupd.db") as db:
+        async with SqliteDatabase(tmp_path / "warmupd.db") as db:
             scheduler = Scheduler(
                 jobs,
                 state=ScheduleStore(db),
@@ -99,6 +99,6 @@ async def test_three_starts_of_a_fresh_install_without_a_fire_record_no_misfire(
             assert all(scheduler.next_run_ms(job.name) is not None for job in jobs)
         await clock.advance(60)  # the daemon was down for a minute
     assert (fires, misfires, claims.claimed) == ([], [], set())
-    async with Database(tmp_path / "warmupd.db") as db:
+    async with SqliteDatabase(tmp_path / "warmupd.db") as db:
         for job in jobs:
             assert await raw_last_fire(db, job.name) is None

@@ -10,8 +10,8 @@ import pytest
 
 from tests.fakes import FakeClock
 from warmupd.cache import CacheStore
-from warmupd.db import Database
 from warmupd.models import Comparison, RunRecord, RunStatus, Trigger
+from warmupd.state.sqlite import SqliteDatabase
 from warmupd.status import CACHE_COUNTS_MAX_AGE_MS, StatusService
 from warmupd.store import ComparisonStore
 from warmupd.ui import charts, session, words
@@ -163,7 +163,7 @@ def test_forecast_chart_draws_series_bands_and_peaks() -> None:
 
 
 async def test_search_by_slug_or_term_prefix_most_viewed_first(tmp_path: Path) -> None:
-    async with Database(tmp_path / "s.db") as db:
+    async with SqliteDatabase(tmp_path / "s.db") as db:
         store = ComparisonStore(db)
         for slug, a, b, views in (
             ("tea-vs-coffee", "tea", "coffee", 5),
@@ -190,7 +190,7 @@ async def test_search_by_slug_or_term_prefix_most_viewed_first(tmp_path: Path) -
 
 async def test_cache_counts_are_recounted_in_the_background_when_old(tmp_path: Path) -> None:
     clock = FakeClock(NOW)
-    async with Database(tmp_path / "c.db") as db:
+    async with SqliteDatabase(tmp_path / "c.db") as db:
         cache = CacheStore(db)
 
         async def put(key: str) -> None:
@@ -234,7 +234,7 @@ async def test_cache_counts_are_recounted_in_the_background_when_old(tmp_path: P
 
 
 async def test_cache_totals_on_the_indexes_match_the_grouped_counts(tmp_path: Path) -> None:
-    async with Database(tmp_path / "t.db") as db:
+    async with SqliteDatabase(tmp_path / "t.db") as db:
         cache = CacheStore(db)
         for i, (fresh_ms, stale_ms) in enumerate([(50, 100), (5, 100), (5, 8), (30, 30)]):
             await cache.put(

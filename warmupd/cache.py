@@ -6,8 +6,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from warmupd.db import Database
 from warmupd.models import ComparisonHead, Freshness
+from warmupd.state import Database
 
 _READ_BATCH = 500
 """Slugs per statement of :meth:`CacheStore.read_comparisons` (well under SQLite's variable limit)."""
@@ -146,7 +146,7 @@ class CacheStore:
             # The version rides on a row of its own (the UNION's first branch), so that a batch of
             # unknown slugs still learns it.
             rows = await self.db.fetchall(
-                f"""SELECT version AS slug, NULL AS term_a, NULL AS term_b, NULL AS data_hash,
+                f"""SELECT CAST(version AS TEXT) AS slug, NULL AS term_a, NULL AS term_b, NULL AS data_hash,
                        NULL AS points, NULL AS key, NULL AS version, NULL AS value,
                        NULL AS fresh_until, NULL AS stale_until, 1 AS is_version
                     FROM state_version WHERE id = 1

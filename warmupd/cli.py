@@ -22,8 +22,8 @@ from warmupd.cli_remote import cmd_runs, cmd_status, cmd_trigger, cmd_warmup
 from warmupd.clock import SystemClock
 from warmupd.config import Config, load_config
 from warmupd.config_values import describe
-from warmupd.db import Database
 from warmupd.errors import UsageError, WarmupdError, exit_code_for
+from warmupd.state.sqlite import SqliteDatabase
 
 # --------------------------------------------------------------------------- commands
 
@@ -101,13 +101,21 @@ def _parse_after(text: str) -> int:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    """Apply pending schema migrations."""
+    """Apply pending schema migrations to the configured state (SQLite file or PostgreSQL)."""
+    from warmupd.state.backends import describe_location, state_database
+
     cfg = _load(args)
+    where = describe_location(cfg.database, cfg.daemon.db_path)
 
     async def go() -> int:
-        async with Database(cfg.daemon.db_path, busy_timeout_ms=5000) as db:
-            version = await db.schema_version()
-        print(f"{cfg.daemon.db_path}: schema version {version}")
+        db = state_database(cfg.database, cfg.daemon.db_path)
+        await db.open(migrate=False)
+        try:
+            before, after = await db.migrate()
+        finally:
+            await db.close()
+        done = "up to date" if before == after else f"migrated from {before}"
+        print(f"{where}: schema version {after} ({done})")
         return 0
 
     return _run_async(go())
@@ -125,7 +133,7 @@ def cmd_import(args: argparse.Namespace) -> int:
         raise UsageError(f"cannot read {path}: {exc}") from None
 
     async def go() -> int:
-        async with Database(cfg.daemon.db_path) as db:
+        async with SqliteDatabase(cfg.daemon.db_path) as db:
             report = await import_lines(db, text.splitlines(), SystemClock().wall_ms())
         for line_no, reason in report.errors:
             print(f"{path}:{line_no}: {reason}", file=sys.stderr)
@@ -145,7 +153,7 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
     cfg = _load(args)
 
     async def go() -> int:
-        async with Database(cfg.daemon.db_path) as db:
+        async with SqliteDatabase(cfg.daemon.db_path) as db:
             n = await load_demo_data(
                 db,
                 count=args.count,

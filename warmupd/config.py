@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
+from warmupd.config_database import SECRETS_KEYS, DatabaseConfig, parse_database
 from warmupd.config_kinds import KindSpec, split_kind_job
 from warmupd.config_values import (
     parse_bool,
@@ -78,6 +79,8 @@ class SecretsConfig:
     warmup_secret_env: str = "WARMUP_SECRET"  # noqa: S105 - an env var's name, not a secret
     job_secret_file: str | None = None
     warmup_secret_file: str | None = None
+    database_password_env: str = "DATABASE_PASSWORD"  # noqa: S105 - an env var's name
+    database_password_file: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -205,6 +208,7 @@ class Config:
     secrets_config: SecretsConfig = field(default_factory=SecretsConfig)
     secrets: Secrets = field(default_factory=Secrets)
     redis: RedisConfig = field(default_factory=RedisConfig)
+    database: DatabaseConfig = field(default_factory=DatabaseConfig)
     locks: LocksConfig = field(default_factory=LocksConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
     jobs: dict[str, JobConfig] = field(default_factory=_default_jobs)
@@ -248,6 +252,7 @@ _SECRETS = {
     "warmup_secret_env": ("warmup_secret_env", _opt_str),
     "job_secret_file": ("job_secret_file", _opt_str),
     "warmup_secret_file": ("warmup_secret_file", _opt_str),
+    **SECRETS_KEYS,
 }
 _REDIS = {
     "url": ("url", lambda p, v: parse_url(p, v, schemes=("redis", "rediss", "unix"))),
@@ -296,6 +301,7 @@ _TOP = (
     "http",
     "secrets",
     "redis",
+    "database",
     "locks",
     "cache",
     "jobs",
@@ -397,6 +403,12 @@ def parse_config(
             job=job_secret, warmup=warmup_secret, job_source=job_src, warmup_source=warmup_src
         ),
         redis=parse_section("redis", sec("redis"), RedisConfig, _REDIS),
+        database=parse_database(
+            sec("database"),
+            password_file=secrets_config.database_password_file,
+            password_env=secrets_config.database_password_env,
+            env=env,
+        ),
         locks=parse_section("locks", sec("locks"), LocksConfig, _LOCKS),
         cache=parse_section("cache", sec("cache"), CacheConfig, _CACHE),
         jobs=_jobs(jobs_raw),

@@ -188,4 +188,6 @@ def describe(cfg: Config) -> dict[str, Any]:
         **plain(cfg.secrets_config),
     }
     out.pop("secrets_config", None)
+    # The URL is password-free by construction (config_database); the password shows as set/unset.
+    out["database"]["password"] = "set" if cfg.database.password else "unset"
     return out

@@ -161,6 +161,21 @@ class ServiceUnavailable(WarmupdError):
     http_status = 503
 
 
+class SchemaTooNew(WarmupdError):
+    """The state database was migrated by a newer warmupd; this one must not touch it."""
+
+    code = "schema_too_new"
+    exit_code = 2
+
+    def __init__(self, where: str, found: int, known: int) -> None:
+        self.found = found
+        self.known = known
+        super().__init__(
+            f"{where} has schema version {found}, newer than this warmupd's {known}; "
+            "refusing to start (upgrade warmupd, or point it at another database)"
+        )
+
+
 class LockLost(WarmupdError):
     """A held lease could not be renewed (taken, expired or unreachable past its lease)."""
 

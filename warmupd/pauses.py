@@ -7,7 +7,7 @@ run history shows them; manual triggers are not affected.
 
 from __future__ import annotations
 
-from warmupd.db import Database
+from warmupd.state import Database
 
 
 class PauseStore:

@@ -27,11 +27,18 @@ RESTART_ONLY: Final[dict[str, tuple[str, str]]] = {
     "redis.url": ("redis", "url"),
     "redis.key_prefix": ("redis", "key_prefix"),
     "redis.connect_timeout": ("redis", "connect_timeout_ms"),
+    "database.url": ("database", "url"),
+    "database.pool_min": ("database", "pool_min"),
+    "database.pool_max": ("database", "pool_max"),
+    "database.connect_timeout": ("database", "connect_timeout_ms"),
+    "database.statement_timeout": ("database", "statement_timeout_ms"),
+    "database.statement_cache": ("database", "statement_cache"),
 }
 """Settings held by resources made once at start-up: the socket (``http.host``/``port``), the
 state database (``daemon.state_dir``), the Redis client (``redis.url``, whose change also means
 another lock namespace; ``key_prefix``, which names the locks being held; ``connect_timeout``, a
-client option) and the process pool (``daemon.pool_workers``, ``pool_idle_shutdown``)."""
+client option), the process pool (``daemon.pool_workers``, ``pool_idle_shutdown``) and the
+database pool (every ``database.*`` key: the URL names another state altogether)."""
 
 
 def split_reload(running: Config, new: Config) -> tuple[Config, list[str]]:

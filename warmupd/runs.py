@@ -8,8 +8,8 @@ import socket
 from collections.abc import Mapping
 from typing import Any
 
-from warmupd.db import Database, Row
 from warmupd.models import RunRecord, RunStatus, Trigger
+from warmupd.state import Database, Row
 
 MAX_ERRORS = 10
 
@@ -72,8 +72,8 @@ class RunStore:
     ) -> RunRecord:
         """Close a run with its final status and counts; returns the record."""
         row = await self.db.fetchone(
-            """UPDATE job_runs SET status = ?, reason = ?, finished_at = ?,
-                   duration_ms = max(0, ? - started_at), processed = ?, skipped = ?, failed = ?,
+            f"""UPDATE job_runs SET status = ?, reason = ?, finished_at = ?,
+                   duration_ms = {self.db.dialect.greatest}(0, ? - started_at), processed = ?, skipped = ?, failed = ?,
                    errors = ?, metadata = coalesce(?, metadata)
                WHERE id = ? RETURNING *""",
             (
@@ -203,8 +203,8 @@ class RunStore:
         count = 0
         for run_id in run_ids:
             count += await self.db.execute(
-                """UPDATE job_runs SET status = 'abandoned', reason = 'owner_died',
-                       finished_at = ?, duration_ms = max(0, ? - started_at)
+                f"""UPDATE job_runs SET status = 'abandoned', reason = 'owner_died',
+                       finished_at = ?, duration_ms = {self.db.dialect.greatest}(0, ? - started_at)
                    WHERE id = ? AND status = 'running'""",
                 (now_ms, now_ms, run_id),
             )

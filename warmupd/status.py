@@ -10,11 +10,11 @@ from typing import Any
 from warmupd import __version__
 from warmupd.cache import CacheStore
 from warmupd.clock import Clock, ms_to_iso
-from warmupd.db import Database, DatabaseError
 from warmupd.jobs.ondemand import OnDemand
 from warmupd.jobs.service import JobsService
 from warmupd.runs import NodeStore, RunStore
 from warmupd.scheduler_loop import Scheduler
+from warmupd.state.sqlite import DatabaseError, SqliteDatabase
 
 
 @dataclass
@@ -41,7 +41,7 @@ class StatusService:
     def __init__(
         self,
         *,
-        db: Database,
+        db: SqliteDatabase,
         runs: RunStore,
         cache: CacheStore,
         job_list: JobsService,

@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from warmupd.db import Database, Row
 from warmupd.models import Comparison, WarmupState
+from warmupd.state import Database, Row
 
 # --------------------------------------------------------------------------- comparisons
 
@@ -89,8 +89,8 @@ class ComparisonStore:
         :returns: ``(view_count, last_visited_ms)`` after the change, or None for an unknown slug.
         """
         row = await self.db.fetchone(
-            """UPDATE comparisons SET view_count = view_count + ?,
-                   last_visited = max(coalesce(last_visited, 0), ?)
+            f"""UPDATE comparisons SET view_count = view_count + ?,
+                   last_visited = {self.db.dialect.greatest}(coalesce(last_visited, 0), ?)
                WHERE slug = ? RETURNING view_count, last_visited""",
             (count, at_ms, slug),
         )
@@ -108,7 +108,7 @@ class ComparisonStore:
         ``4 × limit`` rows each; the union is sorted by popularity. With an empty prefix: the most
         viewed comparisons, from the popularity index.
         """
-        order = "view_count DESC, last_visited DESC, created_at DESC"
+        order = self._order()
         if not prefix:
             rows = await self.db.fetchall(
                 f"SELECT {_COMPARISON_COLUMNS} FROM comparisons ORDER BY {order} LIMIT ?", (limit,)
@@ -117,7 +117,7 @@ class ComparisonStore:
         high = prefix + "\U0010ffff"
         ranges = " UNION ".join(
             f"SELECT * FROM (SELECT slug FROM comparisons WHERE {column} >= ? AND {column} < ? "
-            f"ORDER BY {column} LIMIT ?)"
+            f"ORDER BY {column} LIMIT ?) AS by_{column}"
             for column in ("slug", "term_a", "term_b")
         )
         rows = await self.db.fetchall(
@@ -160,6 +160,10 @@ class ComparisonStore:
             limit,
         )
 
+    def _order(self) -> str:
+        """Popularity order: most viewed, then latest visited (never-visited last), then newest."""
+        return f"view_count DESC, last_visited DESC{self.db.dialect.nulls_last}, created_at DESC"
+
     async def _select_split(
         self, popular: str, rest: str, views: int, rest_args: tuple[int, ...], limit: int
     ) -> list[Comparison]:
@@ -172,12 +176,14 @@ class ComparisonStore:
         unary ``+`` keeps the planner from walking the popularity index instead) and sort those few.
         A single ``OR`` would walk the whole index whenever fewer than ``limit`` rows match. View
         counts only grow, so no row can appear in both answers. DESC puts NULLs last in SQLite, so
-        ``last_visited DESC`` is "NULLS LAST".
+        ``last_visited DESC`` is "NULLS LAST"; PostgreSQL is told (:meth:`_order`).
         """
-        order = "view_count DESC, last_visited DESC, created_at DESC"
-        rows = await self.db.fetchall(
-            f"SELECT {_COMPARISON_COLUMNS} FROM comparisons WHERE {popular} ORDER BY {order} LIMIT ?",
-            (views, limit),
+        order = self._order()
+        rows = list(
+            await self.db.fetchall(
+                f"SELECT {_COMPARISON_COLUMNS} FROM comparisons WHERE {popular} ORDER BY {order} LIMIT ?",
+                (views, limit),
+            )
         )
         if len(rows) < limit:
             rows += await self.db.fetchall(
@@ -211,11 +217,13 @@ class ScheduleStore:
         start count every slot since 1970 as missed (issue 17).
         """
         # SQLite's multi-argument max() is NULL when either side is; coalesce then keeps the side
-        # that is set, so a NULL never replaces a fire and never becomes the epoch.
+        # that is set, so a NULL never replaces a fire and never becomes the epoch. (PostgreSQL's
+        # greatest() already skips NULLs; the coalesce costs it nothing.)
+        greatest = self.db.dialect.greatest
         await self.db.execute(
-            """INSERT INTO schedule_state(job, last_fire_at, next_fire_at) VALUES (?, ?, ?)
+            f"""INSERT INTO schedule_state(job, last_fire_at, next_fire_at) VALUES (?, ?, ?)
                ON CONFLICT(job) DO UPDATE SET
-                   last_fire_at = coalesce(max(schedule_state.last_fire_at, excluded.last_fire_at),
+                   last_fire_at = coalesce({greatest}(schedule_state.last_fire_at, excluded.last_fire_at),
                                            schedule_state.last_fire_at, excluded.last_fire_at),
                    next_fire_at = excluded.next_fire_at""",
             (job, last_fire_ms, next_fire_ms),

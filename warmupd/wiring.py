@@ -23,7 +23,6 @@ from warmupd.config import (
     Config,
     load_config,
 )
-from warmupd.db import Database
 from warmupd.errors import ConfigError
 from warmupd.health import Health
 from warmupd.jobs import build_jobs, node_stale_ms
@@ -47,6 +46,7 @@ from warmupd.producers.swap import SwappableInsights
 from warmupd.reload import split_reload
 from warmupd.runs import NodeStore, RunStore, recover_abandoned
 from warmupd.scheduler import JobSchedule
+from warmupd.state.sqlite import SqliteDatabase
 from warmupd.status import LockState
 from warmupd.store import ComparisonStore, WarmupStore
 
@@ -144,7 +144,7 @@ class Core:
     config: ConfigHolder
     clock: Clock
     node: str
-    db: Database
+    db: SqliteDatabase
     metrics: Metrics
     locks: Locks
     sqlite_locks: SqliteLocks
@@ -208,7 +208,7 @@ async def build_core(
 ) -> Core:
     """Open the DB, recover abandoned runs, pick the lock backend and wire the jobs layer."""
     cfg = holder()
-    db = await stack.enter_async_context(Database(cfg.daemon.db_path))
+    db = await stack.enter_async_context(SqliteDatabase(cfg.daemon.db_path))
     nodes, runs = NodeStore(db), RunStore(db)
     await nodes.heartbeat(node, clock.wall_ms())
     stack.push_async_callback(nodes.remove, node)

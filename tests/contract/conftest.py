@@ -1,9 +1,9 @@
-"""The backends the lock contract suite runs against, behind one small harness interface."""
+"""The backends the contract suites run against: lock backends behind a harness, state databases."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -18,10 +18,19 @@ from tests.lock_support import (
     require_redis,
     wait_for_condition,
 )
-from warmupd.db import Database
+from tests.pg_support import (
+    create_database,
+    drop_database,
+    new_database_name,
+    require_postgres,
+    run_admin,
+)
 from warmupd.locks import Locks
 from warmupd.locks.redis import RedisLocks
 from warmupd.locks.sqlite import SqliteLocks
+from warmupd.state import Database
+from warmupd.state.postgres import PostgresDatabase
+from warmupd.state.sqlite import SqliteDatabase
 
 
 class Harness:
@@ -60,13 +69,15 @@ class Harness:
 class SqliteHarness(Harness):
     name = "sqlite"
 
-    def __init__(self, path: Path, db_a: Database, db_b: Database, clock: FakeClock) -> None:
+    def __init__(
+        self, path: Path, db_a: SqliteDatabase, db_b: SqliteDatabase, clock: FakeClock
+    ) -> None:
         self.path = path
         self.db_a = db_a
         self.clock = clock
         self.a = SqliteLocks(db_a, clock, "node-a")
         self.b = SqliteLocks(db_b, clock, "node-b")
-        self._closed_db = Database(path)
+        self._closed_db = SqliteDatabase(path)
 
     async def _expires_at(self, key: str) -> int:
         row = await self.db_a.fetchone("SELECT expires_at FROM locks WHERE key = ?", (key,))
@@ -155,7 +166,7 @@ async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
     clock = FakeClock()
     if request.param == "sqlite":
         path = tmp_path / "warmupd.db"
-        async with Database(path) as db_a, Database(path) as db_b:
+        async with SqliteDatabase(path) as db_a, SqliteDatabase(path) as db_b:
             yield SqliteHarness(path, db_a, db_b, clock)
         return
     require_redis()
@@ -166,3 +177,40 @@ async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
     finally:
         await harness.aclose()
         await asyncio.to_thread(delete_prefix, prefix)
+
+
+# --------------------------------------------------------------------------- state backends
+
+STATE_TABLES = (
+    "comparisons, cache_entries, job_runs, locks, fire_claims, schedule_state, warmups, nodes, "
+    "job_pauses"
+)
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """A PostgreSQL database created for this test session and dropped after it (SPEC §14)."""
+    require_postgres()
+    name = new_database_name()
+    url = run_admin(lambda: create_database(name))
+    try:
+        yield url
+    finally:
+        run_admin(lambda: drop_database(name))
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def state(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Database]:
+    """Each repository contract test runs once per backend, on an empty, migrated state.
+
+    SQLite: a real file in ``tmp_path``. PostgreSQL: the session's database, emptied before the
+    test (the schema stays; ``state_version`` keeps counting, as tests only compare it with itself).
+    """
+    if request.param == "sqlite":
+        async with SqliteDatabase(tmp_path / "warmupd.db") as sqlite_db:
+            yield sqlite_db
+        return
+    url = request.getfixturevalue("pg_url")
+    async with PostgresDatabase(url, pool_min=1, pool_max=4) as pg_db:
+        await pg_db.execute(f"TRUNCATE {STATE_TABLES} RESTART IDENTITY")
+        yield pg_db

@@ -12,10 +12,10 @@ import pytest
 from tests.contract.conftest import Harness
 from tests.lock_support import wait_for_condition
 from warmupd.cache import CacheStore
-from warmupd.db import Database
 from warmupd.errors import LockedElsewhere, LockLost, ServiceUnavailable
 from warmupd.locks import Locks, drain_background, hold, lease_margin_ms, renewing
 from warmupd.models import Acquired, AcquireResult, Held, Lease, Unavailable
+from warmupd.state.sqlite import SqliteDatabase
 
 LEASE_MS = 3_000
 KEY = "warmup:forecasts:lock"
@@ -125,7 +125,7 @@ async def test_fences_strictly_increase(backend: Harness) -> None:
 
 
 async def test_stale_holders_cache_write_is_rejected(backend: Harness, tmp_path: Path) -> None:
-    async with Database(tmp_path / "cache.db") as db:
+    async with SqliteDatabase(tmp_path / "cache.db") as db:
         store = CacheStore(db)
 
         async def write(locks: Locks, lease: Lease, value: str) -> bool:

@@ -23,7 +23,6 @@ import asyncio
 import secrets
 
 from warmupd.clock import Clock
-from warmupd.db import Database, DatabaseError, is_busy_error
 from warmupd.errors import ServiceUnavailable
 from warmupd.locks import (
     AcquireObserver,
@@ -34,6 +33,7 @@ from warmupd.locks import (
 )
 from warmupd.locks.holder import holder_text, parse_holder
 from warmupd.models import Acquired, AcquireResult, Held, Lease, Unavailable
+from warmupd.state.sqlite import DatabaseError, SqliteDatabase, is_busy_error
 
 _ACQUIRE = """
 INSERT INTO locks(key, owner, fence, acquired_at, expires_at, holder)
@@ -87,7 +87,12 @@ class SqliteLocks(Locks):
     name = "sqlite"
 
     def __init__(
-        self, db: Database, clock: Clock, node: str, *, on_acquire: AcquireObserver | None = None
+        self,
+        db: SqliteDatabase,
+        clock: Clock,
+        node: str,
+        *,
+        on_acquire: AcquireObserver | None = None,
     ) -> None:
         super().__init__(on_acquire=on_acquire)
         self._db = db

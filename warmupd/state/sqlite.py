@@ -1,7 +1,7 @@
-"""The state database: the only aiosqlite user (SPEC §3).
+"""The state in a SQLite file, the embedded default: the only aiosqlite user (SPEC §3).
 
 One file ``<state_dir>/warmupd.db`` in WAL mode, shared by every warmupd process on the host. The
-connection runs in autocommit mode; the few multi-statement writes go through :meth:`Database.transaction`,
+connection runs in autocommit mode; multi-statement writes go through :meth:`SqliteDatabase.transaction`,
 which starts with ``BEGIN IMMEDIATE`` so that a transaction never upgrades from reader to writer halfway
 (the classic SQLITE_BUSY deadlock of deferred transactions). One asyncio lock serialises statements on
 the connection, so a coroutine's statement can never land inside another coroutine's transaction.
@@ -23,7 +23,8 @@ from typing import Any
 
 import aiosqlite
 
-from warmupd.errors import ServiceUnavailable
+from warmupd.errors import SchemaTooNew, ServiceUnavailable
+from warmupd.state import Dialect
 
 Row = sqlite3.Row
 Params = Sequence[Any] | dict[str, Any]
@@ -156,8 +157,14 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
-class Database:
-    """An open state database. Use as ``async with Database(path) as db:``."""
+SQLITE = Dialect(name="sqlite", greatest="max", nulls_last="")
+"""SQLite's scalar ``max(a, b)``; its DESC already sorts NULLs last."""
+
+
+class SqliteDatabase:
+    """An open state database. Use as ``async with SqliteDatabase(path) as db:``."""
+
+    dialect = SQLITE
 
     def __init__(self, path: str | Path, *, busy_timeout_ms: int = 5_000) -> None:
         self.path = Path(path)
@@ -165,7 +172,7 @@ class Database:
         self._conn: aiosqlite.Connection | None = None
         self._lock = asyncio.Lock()
 
-    async def __aenter__(self) -> Database:
+    async def __aenter__(self) -> SqliteDatabase:
         await self.open()
         return self
 
@@ -223,16 +230,13 @@ class Database:
         """Apply pending migrations in one ``BEGIN IMMEDIATE`` transaction.
 
         :returns: ``(version_before, version_after)``.
-        :raises RuntimeError: when the file's schema is newer than this code knows.
+        :raises SchemaTooNew: when the file's schema is newer than this code knows.
         """
         async with self.transaction() as tx:
             row = await tx.fetchone("PRAGMA user_version")
             before = int(row[0]) if row else 0
             if before > SCHEMA_VERSION:
-                raise RuntimeError(
-                    f"{self.path} has schema version {before}, newer than this warmupd "
-                    f"({SCHEMA_VERSION}); refusing to touch it"
-                )
+                raise SchemaTooNew(str(self.path), before, SCHEMA_VERSION)
             for statements in MIGRATIONS[before:]:
                 for sql in statements:
                     await tx.execute(sql)
@@ -314,7 +318,7 @@ class Database:
 
 
 class Transaction:
-    """Statements inside :meth:`Database.transaction` (the database lock is already held)."""
+    """Statements inside :meth:`SqliteDatabase.transaction` (the database lock is already held)."""
 
     def __init__(self, conn: aiosqlite.Connection) -> None:
         self.conn = conn
@@ -324,7 +328,7 @@ class Transaction:
         return await _execute(self.conn, sql, params)
 
     async def fetchone(self, sql: str, params: Params = ()) -> Row | None:
-        """Run a query and return its first row (see :meth:`Database.fetchone`)."""
+        """Run a query and return its first row (see :meth:`SqliteDatabase.fetchone`)."""
         rows = await _fetch(self.conn, sql, params)
         return rows[0] if rows else None
 
@@ -337,7 +341,7 @@ async def _finish(future: asyncio.Future[Any]) -> None:
     """Wait until ``future`` is done, through any number of cancellations of the waiter.
 
     Used for the statements that must complete for the connection to stay consistent (BEGIN and
-    ROLLBACK of :meth:`Database.transaction`); a pending cancellation is re-delivered after.
+    ROLLBACK of :meth:`SqliteDatabase.transaction`); a pending cancellation is re-delivered after.
     """
     cancelled = False
     while not future.done():
