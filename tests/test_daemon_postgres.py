@@ -92,9 +92,24 @@ def test_serve_on_postgres_warms_a_comparison_and_shows_the_url_without_password
         assert doc["locks"] == {"backend": "redis", "redis": "up"}
         assert doc["cache"]["fresh"] >= 1
         assert daemon.stop() == 0
+        purge = subprocess.run(
+            [sys.executable, "-m", "warmupd", "purge", "--json", "-c", str(daemon.config_path)],
+            env={**worker_env(), **daemon.env},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert purge.returncode == 0, purge.stderr  # the foreground housekeeping run, on PostgreSQL
+        assert json.loads(purge.stdout)["status"] == "success", purge.stdout
     finally:
         delete_prefix(prefix)
-    shown = json.dumps(doc) + daemon.logs() + daemon.config_path.read_text().replace(PASSWORD, "")
+    shown = (
+        json.dumps(doc)
+        + daemon.logs()
+        + purge.stdout
+        + purge.stderr
+        + daemon.config_path.read_text().replace(PASSWORD, "")
+    )
     assert PASSWORD not in shown
     assert not daemon.db_path.exists()  # no SQLite file was made on the side
 

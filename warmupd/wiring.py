@@ -272,7 +272,8 @@ async def build_core(
             await fallback.ping()
     else:
         # PostgreSQL: Redis alone (check_lock_backend made sure it is configured); while it is
-        # down a lock is Unavailable, whatever redis.on_unavailable says.
+        # down a lock is Unavailable, whatever redis.on_unavailable says. Fences come from Redis
+        # until the PostgreSQL lease rows exist (SPEC §14): a Redis restarted empty restarts them.
         assert redis_locks is not None
         locks = redis_locks
         if cfg.redis.on_unavailable == "sqlite":
