@@ -23,7 +23,6 @@ from warmupd.clock import SystemClock
 from warmupd.config import Config, load_config
 from warmupd.config_values import describe
 from warmupd.errors import UsageError, WarmupdError, exit_code_for
-from warmupd.state.sqlite import SqliteDatabase
 
 # --------------------------------------------------------------------------- commands
 
@@ -124,6 +123,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 def cmd_import(args: argparse.Namespace) -> int:
     """Bulk upsert comparisons from a JSONL file; report bad lines by number."""
     from warmupd.importer import import_lines
+    from warmupd.state.backends import state_database
 
     cfg = _load(args)
     path = Path(args.file)
@@ -133,7 +133,7 @@ def cmd_import(args: argparse.Namespace) -> int:
         raise UsageError(f"cannot read {path}: {exc}") from None
 
     async def go() -> int:
-        async with SqliteDatabase(cfg.daemon.db_path) as db:
+        async with state_database(cfg.database, cfg.daemon.db_path) as db:
             report = await import_lines(db, text.splitlines(), SystemClock().wall_ms())
         for line_no, reason in report.errors:
             print(f"{path}:{line_no}: {reason}", file=sys.stderr)
@@ -149,11 +149,12 @@ def cmd_import(args: argparse.Namespace) -> int:
 def cmd_demo_data(args: argparse.Namespace) -> int:
     """Load realistic synthetic comparisons."""
     from warmupd.importer import load_demo_data
+    from warmupd.state.backends import describe_location, state_database
 
     cfg = _load(args)
 
     async def go() -> int:
-        async with SqliteDatabase(cfg.daemon.db_path) as db:
+        async with state_database(cfg.database, cfg.daemon.db_path) as db:
             n = await load_demo_data(
                 db,
                 count=args.count,
@@ -161,7 +162,8 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
                 now_ms=SystemClock().wall_ms(),
                 only_if_empty=args.if_empty,
             )
-        print(f"demo data: {n} comparisons loaded into {cfg.daemon.db_path}")
+        where = describe_location(cfg.database, cfg.daemon.db_path)
+        print(f"demo data: {n} comparisons loaded into {where}")
         return 0
 
     return _run_async(go())

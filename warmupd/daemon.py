@@ -266,7 +266,7 @@ class Daemon:
                 name="pool-prewarm",
             )
         )
-        if core.fallback is not None:
+        if core.redis_locks is not None:
             tasks.append(asyncio.create_task(self._probe_redis(core), name="redis-probe"))
         if self.notifier.watchdog_interval_s():
             tasks.append(
@@ -304,14 +304,16 @@ class Daemon:
                 log.warning("heartbeat.failed", error=type(exc).__name__)
 
     async def _probe_redis(self, core: Core) -> None:
-        assert core.fallback is not None
         # Probe at twice the connect timeout: an outage shows within seconds, a recovery too.
         interval_s = max(1.0, 2 * self.holder().redis.connect_timeout_ms / 1000)
         while True:
             await self.clock.sleep(interval_s)
             # The ping reports to the health state (and so to status, readyz and the metric); it
             # catches a change no lock call has noticed yet, e.g. Redis back while nothing runs.
-            await core.fallback.ping()
+            if core.fallback is not None:
+                await core.fallback.ping()
+            elif core.redis_locks is not None:
+                core.health.observe_redis(await core.redis_locks.ping())
 
 
 async def run_once(

@@ -10,7 +10,7 @@ from warmupd.demo import demo_comparisons
 from warmupd.errors import InvalidRequest
 from warmupd.json_input import decode_json
 from warmupd.schemas import parse_comparison, validate_slug
-from warmupd.state.sqlite import SqliteDatabase
+from warmupd.state import Database
 from warmupd.store import ComparisonStore
 
 
@@ -23,7 +23,7 @@ class ImportReport:
     errors: list[tuple[int, str]] = field(default_factory=list)
 
 
-async def import_lines(db: SqliteDatabase, lines: Iterable[str], now_ms: int) -> ImportReport:
+async def import_lines(db: Database, lines: Iterable[str], now_ms: int) -> ImportReport:
     """Upsert one comparison per JSONL line (the PUT body plus ``slug``); bad lines are reported.
 
     Every line is validated before anything is written; a bad line never stops the good ones.
@@ -61,7 +61,7 @@ async def import_lines(db: SqliteDatabase, lines: Iterable[str], now_ms: int) ->
 
 
 async def load_demo_data(
-    db: SqliteDatabase, *, count: int, seed: int, now_ms: int, only_if_empty: bool = False
+    db: Database, *, count: int, seed: int, now_ms: int, only_if_empty: bool = False
 ) -> int:
     """Load ``count`` synthetic comparisons with Zipf-like views; returns how many were loaded."""
     store = ComparisonStore(db)

@@ -224,7 +224,17 @@ SCHEMAS: dict[str, Schema] = {
             "locks": _obj(
                 {"backend": _STR, "redis": {"enum": ["up", "down", "unconfigured"]}}, extra=True
             ),
-            "db": _obj({"path": _STR, "sizeBytes": _COUNT, "schemaVersion": _INT}, extra=True),
+            "db": _obj(
+                {
+                    "engine": {"enum": ["sqlite", "postgresql"]},
+                    "path": _STR,
+                    "url": _STR,
+                    "sizeBytes": _COUNT,
+                    "schemaVersion": _INT,
+                },
+                required=["engine", "schemaVersion"],
+                extra=True,
+            ),
             "jobs": {"type": "array"},
             "onDemand": _obj({"inFlight": _COUNT, "queued": _COUNT}, extra=True),
             "cache": _obj({"fresh": _COUNT, "stale": _COUNT, "expired": _COUNT}, extra=True),

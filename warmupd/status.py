@@ -14,7 +14,7 @@ from warmupd.jobs.ondemand import OnDemand
 from warmupd.jobs.service import JobsService
 from warmupd.runs import NodeStore, RunStore
 from warmupd.scheduler_loop import Scheduler
-from warmupd.state.sqlite import DatabaseError, SqliteDatabase
+from warmupd.state.backends import STATE_ERRORS, StateBackend, describe_database
 
 
 @dataclass
@@ -41,7 +41,7 @@ class StatusService:
     def __init__(
         self,
         *,
-        db: SqliteDatabase,
+        db: StateBackend,
         runs: RunStore,
         cache: CacheStore,
         job_list: JobsService,
@@ -76,7 +76,7 @@ class StatusService:
         try:
             await self.db.fetchone("SELECT 1")
             db_ok = True
-        except (DatabaseError, OSError) as exc:
+        except STATE_ERRORS as exc:
             db_ok, why = False, type(exc).__name__
         locks = self._lock_state()
         detail = {
@@ -144,8 +144,7 @@ class StatusService:
             "state": "degraded" if degraded else "ok",
             "locks": {"backend": locks.backend, "redis": locks.redis},
             "db": {
-                "path": str(self.db.path),
-                "sizeBytes": self.db.size_bytes(),
+                **describe_database(self.db),
                 "schemaVersion": await self.db.schema_version(),
             },
             "jobs": jobs,

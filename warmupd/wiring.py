@@ -46,6 +46,7 @@ from warmupd.producers.swap import SwappableInsights
 from warmupd.reload import split_reload
 from warmupd.runs import NodeStore, RunStore, recover_abandoned
 from warmupd.scheduler import JobSchedule
+from warmupd.state.backends import StateBackend, state_database
 from warmupd.state.sqlite import SqliteDatabase
 from warmupd.status import LockState
 from warmupd.store import ComparisonStore, WarmupStore
@@ -144,11 +145,13 @@ class Core:
     config: ConfigHolder
     clock: Clock
     node: str
-    db: SqliteDatabase
+    db: StateBackend
     metrics: Metrics
     locks: Locks
-    sqlite_locks: SqliteLocks
+    sqlite_locks: SqliteLocks | None
+    """None on PostgreSQL: the SQLite lease table is not used there (Redis holds the locks)."""
     fallback: FallbackLocks | None
+    redis_locks: RedisLocks | None
     pool: ProcessPool
     runs: RunStore
     nodes: NodeStore
@@ -188,12 +191,29 @@ class Core:
 
     def lock_state(self) -> LockState:
         """Where locks go now and whether Redis answers: read from the one health state."""
+        if self.sqlite_locks is None:
+            # PostgreSQL state: Redis alone holds the locks, no fallback (policy skip in effect).
+            return LockState(backend="redis", redis=self.health.redis, usable=self.health.redis_up)
         if self.fallback is None:
             return LockState(backend="sqlite", redis=self.health.redis, usable=True)
         return LockState(
             backend=self.fallback.backend,
             redis=self.health.redis,
             usable=self.health.redis_up or self.fallback.policy == "sqlite",
+        )
+
+
+def check_lock_backend(cfg: Config) -> None:
+    """Refuse PostgreSQL state without Redis: the lease table's SQL is SQLite's (SPEC §14).
+
+    :raises ConfigError: naming ``database.url`` (exit 2).
+    """
+    if cfg.database.is_postgres and not cfg.redis.url:
+        raise ConfigError(
+            "database.url",
+            cfg.database.url,
+            "locks on PostgreSQL need Redis for now (PostgreSQL leases come next): "
+            "configure [redis] for locks until then",
         )
 
 
@@ -208,7 +228,10 @@ async def build_core(
 ) -> Core:
     """Open the DB, recover abandoned runs, pick the lock backend and wire the jobs layer."""
     cfg = holder()
-    db = await stack.enter_async_context(SqliteDatabase(cfg.daemon.db_path))
+    check_lock_backend(cfg)
+    db: StateBackend = state_database(cfg.database, cfg.daemon.db_path)
+    await db.open()
+    stack.push_async_callback(db.close)
     nodes, runs = NodeStore(db), RunStore(db)
     await nodes.heartbeat(node, clock.wall_ms())
     stack.push_async_callback(nodes.remove, node)
@@ -221,25 +244,43 @@ async def build_core(
     def observe(backend: str, result: str) -> None:
         metrics.lock_acquisitions.inc(backend=backend, result=result)
 
-    sqlite_locks = SqliteLocks(db, clock, node)
-    locks: Locks = sqlite_locks
-    fallback = None
     health = Health(redis_configured=bool(cfg.redis.url))
     # The metric follows the health state synchronously, so it can never lag status or readyz.
     health.subscribe(lambda up: metrics.redis_up.set(1 if up else 0))
+    sqlite_locks: SqliteLocks | None = None
+    redis_locks: RedisLocks | None = None
+    fallback = None
     if cfg.redis.url:
         redis_locks = RedisLocks(
             cfg.redis.url, cfg.redis.key_prefix, cfg.redis.connect_timeout_ms / 1000, clock, node
         )
         stack.push_async_callback(redis_locks.close)
-        fallback = FallbackLocks(redis_locks, sqlite_locks, cfg.redis.on_unavailable, health=health)
-        locks = fallback
         try:
             for warning in await redis_locks.check_server():
                 log.warning("redis.check", warning=warning)
         except Exception as exc:  # noqa: BLE001 - Redis being down at start-up is not fatal
             log.warning("redis.unreachable", error=type(exc).__name__)
-        await fallback.ping()
+    locks: Locks
+    if isinstance(db, SqliteDatabase):
+        sqlite_locks = SqliteLocks(db, clock, node)
+        locks = sqlite_locks
+        if redis_locks is not None:
+            fallback = FallbackLocks(
+                redis_locks, sqlite_locks, cfg.redis.on_unavailable, health=health
+            )
+            locks = fallback
+            await fallback.ping()
+    else:
+        # PostgreSQL: Redis alone (check_lock_backend made sure it is configured); while it is
+        # down a lock is Unavailable, whatever redis.on_unavailable says. Fences come from Redis
+        # until the PostgreSQL lease rows exist (SPEC §14): a Redis restarted empty restarts them.
+        assert redis_locks is not None
+        locks = redis_locks
+        if cfg.redis.on_unavailable == "sqlite":
+            log.warning(
+                "redis.on_unavailable_ignored", reason="no SQLite lock fallback on PostgreSQL"
+            )
+        health.observe_redis(await redis_locks.ping())
     locks.on_acquire = observe
     stack.push_async_callback(locks.close)
 
@@ -270,7 +311,7 @@ async def build_core(
         warmups=warmups,
         nodes=nodes,
         warmer=warmer,
-        purge_locks=sqlite_locks.purge_expired,
+        purge_locks=sqlite_locks.purge_expired if sqlite_locks is not None else None,
         clock=clock,
     )
     for job in jobs.values():
@@ -320,6 +361,7 @@ async def build_core(
         locks=locks,
         sqlite_locks=sqlite_locks,
         fallback=fallback,
+        redis_locks=redis_locks,
         pool=pool,
         runs=runs,
         nodes=nodes,

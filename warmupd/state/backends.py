@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from warmupd.config_database import DatabaseConfig
-from warmupd.state.postgres import PostgresDatabase
-from warmupd.state.sqlite import SqliteDatabase
+from warmupd.state.postgres import DRIVER_ERRORS, PostgresDatabase
+from warmupd.state.sqlite import DatabaseError, SqliteDatabase
 
 StateBackend = SqliteDatabase | PostgresDatabase
+
+STATE_ERRORS: tuple[type[BaseException], ...] = (DatabaseError, OSError, *DRIVER_ERRORS)
+"""What a statement may raise when the state database (either backend) cannot answer."""
 
 
 def state_database(cfg: DatabaseConfig, db_path: Path) -> StateBackend:
@@ -29,3 +33,10 @@ def state_database(cfg: DatabaseConfig, db_path: Path) -> StateBackend:
 def describe_location(cfg: DatabaseConfig, db_path: Path) -> str:
     """Where the state lives, safe to show (a URL never carries its password)."""
     return cfg.url if cfg.url is not None else str(db_path)
+
+
+def describe_database(db: StateBackend) -> dict[str, Any]:
+    """The engine and where the state lives, for ``/api/status`` (a URL without its password)."""
+    if isinstance(db, SqliteDatabase):
+        return {"engine": "sqlite", "path": str(db.path), "sizeBytes": db.size_bytes()}
+    return {"engine": "postgresql", "url": db.url}

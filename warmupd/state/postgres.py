@@ -164,6 +164,10 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
+DRIVER_ERRORS: tuple[type[BaseException], ...] = (asyncpg.PostgresError, asyncpg.InterfaceError)
+"""What a statement on PostgreSQL may raise when the server or the connection fails."""
+
+
 @functools.lru_cache(maxsize=2048)
 def to_numbered(sql: str) -> str:
     """``?`` placeholders → asyncpg's ``$1, $2, …``, leaving quoted literals and names alone."""
