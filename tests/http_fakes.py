@@ -56,7 +56,12 @@ class FakeStatus:
             "uptimeS": 12.5,
             "state": "ok",
             "locks": {"backend": "sqlite", "redis": "unconfigured"},
-            "db": {"path": "/var/lib/warmupd/warmupd.db", "sizeBytes": 40960, "schemaVersion": 3},
+            "db": {
+                "engine": "sqlite",
+                "path": "/var/lib/warmupd/warmupd.db",
+                "sizeBytes": 40960,
+                "schemaVersion": 3,
+            },
             "jobs": [{"name": name, "running": None} for name in KNOWN_JOBS],
             "onDemand": {"inFlight": 1, "queued": 2},
             "cache": {"fresh": 10, "stale": 2, "expired": 1},

@@ -330,3 +330,12 @@ def test_job_schedule_validates_and_derives() -> None:
         JobSchedule(name="z", expr="0 0 1 1 *").overdue_at_ms(iso_to_ms("9998-06-01T00:00Z"))
         is None
     )
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["0045-12-17T00:39:47.285Z", "0999-01-01T00:00:00.000Z", "1969-12-31T23:59:59.999Z"],
+)
+def test_instants_render_as_iso_8601_in_every_year(text: str) -> None:
+    # Found by schemathesis: a view at year 45 came back as "45-12-17…", not a date-time.
+    assert ms_to_iso(iso_to_ms(text)) == text

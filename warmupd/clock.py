@@ -50,7 +50,8 @@ def ms_to_iso(ms: int | None) -> str | None:
     if ms is None:
         return None
     dt = datetime.fromtimestamp(ms / 1000, tz=UTC)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+    # %Y does not zero-pad years before 1000 on glibc ("45-12-17…" is not ISO-8601).
+    return f"{dt.year:04d}-" + dt.strftime("%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
 
 
 def iso_to_ms(text: str) -> int:
