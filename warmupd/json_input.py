@@ -60,6 +60,11 @@ def field_name(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
 
 
+# Built once: ``json.loads`` with hooks builds a new decoder per call (bench P3: 2.4 % of the loop).
+_STRICT = json.JSONDecoder(object_pairs_hook=_unique_object, parse_constant=_reject_constant)
+_PAIRS = json.JSONDecoder(object_pairs_hook=_Pairs, parse_constant=_reject_constant)
+
+
 def _first_problem(value: object) -> tuple[str, str] | None:
     """The first duplicate key or lone surrogate in document order, as ``(field, reason)``.
 
@@ -98,7 +103,7 @@ def decode_json(text: str) -> object:
     duplicate key or a surrogate escape is decoded a second time to find and name the problem.
     """
     try:
-        value = json.loads(text, object_pairs_hook=_unique_object, parse_constant=_reject_constant)
+        value = _STRICT.decode(text)
         suspect = _SURROGATE_ESCAPE.search(text) is not None
     except _DuplicateKey:
         value, suspect = None, True
@@ -111,9 +116,7 @@ def decode_json(text: str) -> object:
             "body", "is not acceptable JSON (too deep or too long a number)"
         ) from None
     if suspect:
-        problem = _first_problem(
-            json.loads(text, object_pairs_hook=_Pairs, parse_constant=_reject_constant)
-        )
+        problem = _first_problem(_PAIRS.decode(text))
         if problem is not None:
             raise InvalidRequest(*problem)
     return value
