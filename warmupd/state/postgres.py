@@ -167,6 +167,18 @@ SCHEMA_VERSION = len(MIGRATIONS)
 DRIVER_ERRORS: tuple[type[BaseException], ...] = (asyncpg.PostgresError, asyncpg.InterfaceError)
 """What a statement on PostgreSQL may raise when the server or the connection fails."""
 
+UNREACHABLE_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,  # asyncpg's command_timeout (the client-side statement timeout)
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,  # among others: the pool is closed, the connection was lost
+    asyncpg.OperatorInterventionError,  # admin or crash shutdown, cannot connect now, cancelled
+    asyncpg.InsufficientResourcesError,  # too many connections, disk full
+    ServiceUnavailable,  # the pool is not open
+)
+"""The subset of failures that mean "the server could not answer now", as opposed to a statement
+PostgreSQL rejected (a bug, which should surface): lock backends answer ``Unavailable`` for these."""
+
 
 @functools.lru_cache(maxsize=2048)
 def to_numbered(sql: str) -> str:
