@@ -27,13 +27,16 @@ from tests.lock_support import (
     require_redis,
     worker_env,
 )
+from tests.pg_support import fresh_database
 from warmupd.clock import SystemClock
 from warmupd.errors import LockLost
 from warmupd.locks import hold
 from warmupd.locks.fallback import FallbackLocks
+from warmupd.locks.postgres import SERVER_NOW_MS, PostgresLocks
 from warmupd.locks.redis import RedisLocks
 from warmupd.locks.sqlite import SqliteLocks
 from warmupd.models import Acquired, Held, Unavailable
+from warmupd.state.postgres import PostgresDatabase
 from warmupd.state.sqlite import SqliteDatabase
 
 pytestmark = pytest.mark.slow
@@ -66,17 +69,34 @@ def fast_redis_locks(url: str, prefix: str = "warmupd-test:") -> RedisLocks:
 # ------------------------------------------------------------------ killed holder
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+@pytest.mark.parametrize(
+    "backend", ["sqlite", "redis", pytest.param("postgresql", marks=pytest.mark.postgres)]
+)
 async def test_sigkilled_holder_is_taken_over_within_one_lease(
     backend: str, db: SqliteDatabase, tmp_path: Path
 ) -> None:
+    if backend != "postgresql":
+        await _sigkilled_holder_is_taken_over(backend, db, None)
+        return
+    with fresh_database("kill_") as url:
+        async with PostgresDatabase(url, pool_min=1, pool_max=2) as pg:
+            await _sigkilled_holder_is_taken_over(backend, db, pg)
+
+
+async def _sigkilled_holder_is_taken_over(
+    backend: str, db: SqliteDatabase, pg: PostgresDatabase | None
+) -> None:
     lease_ms = 1_000
     prefix = new_prefix()
+    locks: SqliteLocks | RedisLocks | PostgresLocks
     if backend == "redis":
         require_redis()
         target = prefix
-        locks: SqliteLocks | RedisLocks = RedisLocks(REDIS_URL, prefix, 2.0, CLOCK, "taker")
+        locks = RedisLocks(REDIS_URL, prefix, 2.0, CLOCK, "taker")
         raw = aioredis.Redis.from_url(REDIS_URL)
+    elif pg is not None:
+        target = pg.url
+        locks = PostgresLocks(pg, CLOCK, "taker")
     else:
         target = str(db.path)
         locks = SqliteLocks(db, CLOCK, "taker")
@@ -103,6 +123,11 @@ async def test_sigkilled_holder_is_taken_over_within_one_lease(
                 row = await db.fetchone("SELECT expires_at FROM locks WHERE key = ?", (KEY,))
                 assert row is not None
                 live = int(row[0]) - CLOCK.wall_ms() > 20
+            elif pg is not None:  # the server's clock decides there
+                sql = f"SELECT expires_at - {SERVER_NOW_MS} FROM locks WHERE key = ?"
+                row = await pg.fetchone(sql, (KEY,))
+                assert row is not None
+                live = int(row[0]) > 20
             else:
                 live = int(await raw.pttl(locks.lock_key(KEY))) > 20  # type: ignore[union-attr]
             result = await locks.acquire(KEY, lease_ms)
