@@ -231,7 +231,8 @@ async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
         url = request.getfixturevalue("pg_url")
         async with (
             PostgresDatabase(url, pool_min=1, pool_max=4) as pg_a,
-            PostgresDatabase(url, pool_min=1, pool_max=4) as pg_b,
+            # B as behind a transaction-mode pooler: no prepared statements kept.
+            PostgresDatabase(url, pool_min=1, pool_max=4, statement_cache=False) as pg_b,
         ):
             await pg_a.execute("TRUNCATE locks, fire_claims")
             yield PostgresHarness(pg_a, pg_b, clock)

@@ -164,7 +164,14 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
-DRIVER_ERRORS: tuple[type[BaseException], ...] = (asyncpg.PostgresError, asyncpg.InterfaceError)
+DRIVER_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    # A pooled connection the server ended while it sat idle (a restart, pg_terminate_backend)
+    # can fail its next statement with "cannot switch to state …; another operation is in
+    # progress" instead of ConnectionDoesNotExistError; the pool replaces it on the next call.
+    asyncpg.InternalClientError,
+)
 """What a statement on PostgreSQL may raise when the server or the connection fails."""
 
 UNREACHABLE_ERRORS: tuple[type[BaseException], ...] = (
@@ -172,6 +179,7 @@ UNREACHABLE_ERRORS: tuple[type[BaseException], ...] = (
     TimeoutError,  # asyncpg's command_timeout (the client-side statement timeout)
     asyncpg.PostgresConnectionError,
     asyncpg.InterfaceError,  # among others: the pool is closed, the connection was lost
+    asyncpg.InternalClientError,  # an idle connection the server ended (see DRIVER_ERRORS)
     asyncpg.OperatorInterventionError,  # admin or crash shutdown, cannot connect now, cancelled
     asyncpg.InsufficientResourcesError,  # too many connections, disk full
     ServiceUnavailable,  # the pool is not open
