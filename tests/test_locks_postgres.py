@@ -3,6 +3,7 @@ housekeeping on the server's clock (SPEC §14 "Locks without Redis")."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.fakes import FakeClock
+from tests.lock_support import wait_for_condition
 from tests.pg_support import fresh_database
 from warmupd.errors import ServiceUnavailable
 from warmupd.locks import Locks
@@ -169,3 +171,28 @@ async def test_purge_keeps_the_greatest_fence_and_new_keys_start_above_it(
     assert await a.purge_expired(0) == (0, 0)
     again = lease_of(await b.acquire(KEY, LEASE_MS))
     assert again.fence > other.fence > first.fence
+
+
+async def test_purge_waits_for_an_acquire_in_flight(
+    pg: tuple[PostgresDatabase, PostgresDatabase],
+) -> None:
+    """Purge and acquire are ordered as wholes (the purge's table lock), so no acquire can see a
+    key's row and then find it deleted — which would let it start the key's fence over."""
+    db_a, db_b = pg
+    a = PostgresLocks(db_a, FakeClock(), "a")
+    async with db_b.transaction() as tx:
+        # An acquire that has read its snapshot and not yet committed (held open here).
+        await tx.fetchone("INSERT INTO locks VALUES ('k', '', 7, 0, 0, '') RETURNING fence")
+        purge = asyncio.create_task(a.purge_expired(0))
+
+        async def purge_waits_on_the_table_lock() -> bool:
+            row = await db_a.fetchone(
+                """SELECT count(*) FROM pg_stat_activity
+                   WHERE datname = current_database() AND wait_event_type = 'Lock'
+                     AND query LIKE 'LOCK TABLE locks%'"""
+            )
+            return row is not None and int(row[0]) == 1
+
+        await wait_for_condition(purge_waits_on_the_table_lock)
+        assert not purge.done()
+    assert await purge == (0, 0)  # 'k' is the greatest fence: kept

@@ -14,11 +14,16 @@ Deviations from and details of the :class:`~warmupd.locks.Locks` contract:
   is written by the same statement. Renew, release and :meth:`PostgresLocks.tag_run` are single
   ``UPDATE``\\ s conditional on the owner token and on the lease being live. No session state: no
   advisory locks, no ``SET``, no temporary tables, so it works through a transaction-mode pooler.
-- **Fences are never reset** — the same rule as SQLite: release clears the owner and keeps the row;
-  the first acquisition of a key without a row starts at the greatest fence of any row + 1, and
-  :meth:`PostgresLocks.purge_expired` never deletes the row holding the greatest fence (its
-  ``MAX`` is evaluated once, and a row's fence only grows, so the row with the greatest current
-  fence can never match ``fence < MAX``, under any interleaving of purges and acquisitions).
+- **Fences are never reset.** Release clears the owner and keeps the row; the first acquisition of
+  a key without a row starts at the greatest fence of any row + 1 (the ``MAX`` is only computed
+  then: for a key whose row exists, the conflict path's ``fence + 1`` decides), and
+  :meth:`PostgresLocks.purge_expired` never deletes the row holding the greatest fence. Unlike
+  SQLite, PostgreSQL runs statements concurrently, each reading its own snapshot, so purge also
+  takes ``LOCK TABLE locks IN SHARE ROW EXCLUSIVE MODE`` for its transaction: every acquire holds
+  ``ROW EXCLUSIVE`` on the table from before its snapshot to its commit, so a purge is entirely
+  before or entirely after each acquire. A key's row therefore cannot vanish while an acquire that
+  saw it runs, and an acquire that did not see it reads a ``MAX`` above its last fence. Acquires
+  wait for a purge (one short transaction per housekeeping run), never for each other.
 - **Unreachable.** A server that cannot answer (connection refused or lost, pool closed, client
   timeout, shutdown, too many connections) gives ``Unavailable("postgresql_unavailable")`` from
   acquire and :class:`~warmupd.errors.ServiceUnavailable` from the others; an error in a statement
@@ -46,9 +51,12 @@ _NOW = f"(SELECT {SERVER_NOW_MS} AS ms) AS n"
 
 _ACQUIRE = f"""
 INSERT INTO locks AS l (key, owner, fence, acquired_at, expires_at, holder)
-SELECT ?::text, ?::text, (SELECT COALESCE(MAX(fence), 0) + 1 FROM locks),
-       n.ms, n.ms + ?::bigint, ?::text
-FROM {_NOW}
+SELECT a.key, a.owner,
+       COALESCE((SELECT fence + 1 FROM locks WHERE key = a.key),
+                (SELECT COALESCE(MAX(fence), 0) + 1 FROM locks)),
+       n.ms, n.ms + a.lease_ms, a.holder
+FROM (SELECT ?::text AS key, ?::text AS owner, ?::bigint AS lease_ms, ?::text AS holder) AS a,
+     {_NOW}
 ON CONFLICT (key) DO UPDATE SET
     owner = excluded.owner,
     fence = l.fence + 1,
@@ -86,6 +94,9 @@ WHERE c.expires_at <= excluded.claimed_at
 _UNCLAIM = "DELETE FROM fire_claims WHERE job = ? AND due_at = ? AND node = ?"
 
 _PURGE_CLAIMS = f"DELETE FROM fire_claims WHERE expires_at <= (SELECT {SERVER_NOW_MS})"
+
+# Conflicts with the ROW EXCLUSIVE lock of every acquire (and with other purges), not with reads.
+_PURGE_LOCK = "LOCK TABLE locks IN SHARE ROW EXCLUSIVE MODE"
 
 _PURGE_LOCKS = f"""
 DELETE FROM locks
@@ -193,6 +204,13 @@ class PostgresLocks(Locks):
         :returns: ``(fire_claims_deleted, lock_rows_deleted)``.
         :raises ServiceUnavailable: when the database cannot be reached.
         """
-        claims = await self._write(_PURGE_CLAIMS, ())
-        rows = await self._write(_PURGE_LOCKS, ())
+        try:
+            async with self._db.transaction() as tx:
+                claims = await tx.execute(_PURGE_CLAIMS)
+                await tx.execute(_PURGE_LOCK)
+                rows = await tx.execute(_PURGE_LOCKS)
+        except UNREACHABLE_ERRORS as exc:
+            raise ServiceUnavailable(
+                f"the lock database cannot be reached: {type(exc).__name__}"
+            ) from exc
         return claims, rows
