@@ -193,9 +193,8 @@ async def copy_state(
         counts = [await _copy_table(src, dst, table, progress) for table in TABLES]
         if isinstance(dst, PostgresDatabase):
             await dst.advance_identity("job_runs", "id")
-        if any(c.new or c.updated for c in counts):
-            # Daemons keep rendered packs while this counter stands still (v3): make them look.
-            await dst.execute("UPDATE state_version SET version = version + 1 WHERE id = 1")
+        # Running daemons' read snapshots notice the copy without help: the v3 triggers bump the
+        # target's state_version with every write to comparisons and cache entries.
         return counts
     raise AssertionError("unreachable")  # pragma: no cover - mypy: AsyncExitStack may swallow
 
@@ -229,11 +228,7 @@ async def _open(where: Location, configured: Callable[[], DatabaseConfig] | None
             raise CopyRefused(f"cannot open {where.shown}: {exc}") from None
         return db
     assert where.url is not None
-    password, connect_timeout_ms = where.password, 5_000
-    if password is None and configured is not None:
-        cfg = configured()
-        if cfg.url is not None and _pg_identity(cfg.url) == where.identity:
-            password, connect_timeout_ms = cfg.password, cfg.connect_timeout_ms
+    password, connect_timeout_ms = connection_secrets(where, configured)
     # No statement cache: the copy may well go through the fleet's PgBouncer.
     db = PostgresDatabase(
         where.url,
@@ -245,6 +240,24 @@ async def _open(where: Location, configured: Callable[[], DatabaseConfig] | None
     )
     await db.open(migrate=False)
     return db
+
+
+def connection_secrets(
+    where: Location, configured: Callable[[], DatabaseConfig] | None
+) -> tuple[str | None, int]:
+    """``(password, connect_timeout_ms)`` for a PostgreSQL location.
+
+    The URL's own password wins. Without one, a URL naming the configured database (however it
+    is spelled: ``postgres://``, host case, the default port) takes the daemon's password from
+    its credential chain, and its connect timeout; any other gets None, and asyncpg then looks at
+    ``$PGPASSWORD`` and ``~/.pgpass``. The configuration is loaded only in that case.
+    """
+    if where.password is not None or configured is None:
+        return where.password, 5_000
+    cfg = configured()
+    if cfg.url is not None and _pg_identity(cfg.url) == where.identity:
+        return cfg.password, cfg.connect_timeout_ms
+    return None, 5_000
 
 
 async def _schema_version(db: StateBackend, where: Location) -> int:

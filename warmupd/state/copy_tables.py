@@ -85,7 +85,7 @@ NOT_COPIED: dict[str, str] = {
     "fire_claims": "claims of fires by the source's processes; the schedule state carries the fires",
     "nodes": "heartbeats of the source's processes; the target's daemons register themselves",
     "warmups": "the on-demand status clients poll while a warmup runs; transient, purged anyway",
-    "state_version": "a change counter; the copy bumps the target's instead",
+    "state_version": "a change counter; the target's triggers bump it with every row copied",
     "warmupd_schema": "the PostgreSQL backend's schema version (SQLite: PRAGMA user_version)",
     "sqlite_sequence": "SQLite's own AUTOINCREMENT bookkeeping",
 }
