@@ -190,7 +190,13 @@ SEEDED = {"runs": 5, "comparisons": 3, "cache entries": 2, "schedule state": 2, 
 
 
 @pytest.mark.postgres
-def test_sqlite_to_postgres_and_back_keeps_every_column(tmp_path: Path, pg_url: str) -> None:
+def test_sqlite_to_postgres_and_back_keeps_every_column(
+    tmp_path: Path, pg_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A database without warmupd's schema is no source (and the refusal creates no target).
+    assert main(["copy-state", "--from", pg_url, "--to", str(tmp_path / "x.db")]) == 1
+    assert f"{pg_url} holds no warmupd state" in capsys.readouterr().err
+    assert not (tmp_path / "x.db").exists()
     source = tmp_path / "warmupd.db"
     run_admin(lambda: seed(source))
     original = dump_of(SqliteDatabase(source))
