@@ -167,6 +167,7 @@ async def copy_state(
         raise UsageError(f"--from and --to name the same database ({source.shown})")
     if source.path is not None and not source.path.is_file():
         raise UsageError(f"--from: no such file: {source.shown}")
+    _check_copy_lists()
     async with AsyncExitStack() as stack:
         src = await _open(source, configured)
         stack.push_async_callback(src.close)
@@ -180,10 +181,13 @@ async def copy_state(
                 f"{source.shown} has schema version {found}, this warmupd {SCHEMA_VERSION}: "
                 "migrate it first (start its daemon once, or `warmupd migrate` with its config)"
             )
-        _check_copy_lists()
         dst = await _open(target, configured)
         stack.push_async_callback(dst.close)
-        await _migrate_target(dst, target)
+        if (migrated := await _migrate_target(dst, target)) != found:
+            raise CopyRefused(
+                f"{source.shown} has schema version {found}, {target.shown} {migrated}: "
+                "copy-state copies only between equal versions"
+            )
         await _check_live(dst, target, now_ms=now_ms, force=force)
         if warn is not None and (nodes := await _live_nodes(src, now_ms)):
             warn(
@@ -267,9 +271,9 @@ async def _schema_version(db: StateBackend, where: Location) -> int:
         raise CopyRefused(f"cannot read {where.shown}: {exc}") from None
 
 
-async def _migrate_target(db: StateBackend, where: Location) -> None:
+async def _migrate_target(db: StateBackend, where: Location) -> int:
     try:
-        await db.migrate()
+        return (await db.migrate())[1]
     except DatabaseError as exc:
         raise CopyRefused(f"cannot migrate {where.shown}: {exc}") from None
     except SchemaTooNew as exc:
