@@ -157,7 +157,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
-SQLITE = Dialect(name="sqlite", greatest="max", nulls_last="")
+SQLITE = Dialect(name="sqlite", greatest="max", nulls_last="", is_distinct="IS NOT")
 """SQLite's scalar ``max(a, b)``; its DESC already sorts NULLs last."""
 
 
