@@ -221,6 +221,12 @@ SCHEMAS: dict[str, Schema] = {
             "startedAt": _TIME,
             "uptimeS": {"type": "number", "minimum": 0},
             "state": {"enum": ["ok", "degraded"]},
+            "degradedReasons": {
+                "type": "array",
+                "items": _STR,
+                "description": "why the state is degraded (empty when ok): a dependency down, "
+                "with its reason, or a job overdue",
+            },
             "locks": _obj(
                 {"backend": _STR, "redis": {"enum": ["up", "down", "unconfigured"]}}, extra=True
             ),
@@ -231,8 +237,13 @@ SCHEMAS: dict[str, Schema] = {
                     "url": _STR,
                     "sizeBytes": _COUNT,
                     "schemaVersion": _INT,
+                    "state": {"enum": ["up", "down"]},
+                    "error": {
+                        "type": "string",
+                        "description": "while down: why, naming the database (never a password)",
+                    },
                 },
-                required=["engine", "schemaVersion"],
+                required=["engine", "schemaVersion", "state"],
                 extra=True,
             ),
             "jobs": {"type": "array"},

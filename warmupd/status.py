@@ -10,6 +10,8 @@ from typing import Any
 from warmupd import __version__
 from warmupd.cache import CacheStore
 from warmupd.clock import Clock, ms_to_iso
+from warmupd.errors import DatabaseUnavailable
+from warmupd.health import Health
 from warmupd.jobs.ondemand import OnDemand
 from warmupd.jobs.service import JobsService
 from warmupd.runs import NodeStore, RunStore
@@ -54,8 +56,13 @@ class StatusService:
         started_ms: int,
         nodes: NodeStore | None = None,
         node_stale_ms: Callable[[], int] = lambda: 180_000,
+        health: Health | None = None,
     ) -> None:
         self.db = db
+        self.health = health or Health(redis_configured=False)
+        # What the database said last; shown (not re-read) while it is down.
+        self._last_jobs: list[dict[str, Any]] = []
+        self._schema_version: int | None = None
         self.nodes = nodes
         self.node_stale_ms = node_stale_ms
         self._counts: tuple[int, dict[str, int]] | None = None
@@ -72,12 +79,21 @@ class StatusService:
         self.started_ms = started_ms
 
     async def ready(self) -> tuple[bool, dict[str, Any]]:
-        """Ready when the DB answers and locks are usable (Redis up, or the fallback allowed)."""
-        try:
-            await self.db.fetchone("SELECT 1")
-            db_ok = True
-        except STATE_ERRORS as exc:
-            db_ok, why = False, type(exc).__name__
+        """Ready when the DB answers and locks are usable (Redis up, or the fallback allowed).
+
+        While the health state says the database is down, the answer comes from it without a
+        connection attempt (a load balancer's probes must not pile up connects on a dead server);
+        the probe loop and every statement keep reporting, so it flips back the moment one answers.
+        """
+        why = self.health.database_error
+        if why is None:
+            try:
+                await self.db.fetchone("SELECT 1")
+            except DatabaseUnavailable as exc:
+                why = exc.message
+            except STATE_ERRORS as exc:
+                why = type(exc).__name__
+        db_ok = why is None
         locks = self._lock_state()
         detail = {
             "db": "ok" if db_ok else f"unavailable ({why})",
@@ -130,23 +146,40 @@ class StatusService:
         return cache
 
     async def status(self) -> dict[str, Any]:
-        """SPEC §9 ``GET /api/status``."""
+        """SPEC §9 ``GET /api/status``; answers ``degraded`` with its reasons while the DB is down.
+
+        Without the database, the job list and schema version are the last ones read (the
+        document says the database is down, and why), the cache counts the last ones counted.
+        """
         now = self.clock.wall_ms()
-        cache = await self.cache_counts(now)
-        jobs = await self.jobs(now)
+        try:
+            cache = await self.cache_counts(now)
+            jobs = self._last_jobs = await self.jobs(now)
+            self._schema_version = await self.db.schema_version()
+        except DatabaseUnavailable:
+            cache = self._counts[1] if self._counts else {"fresh": 0, "stale": 0, "expired": 0}
+            jobs = self._last_jobs
         locks = self._lock_state()
-        degraded = locks.redis == "down" or any(j["overdue"] for j in jobs)
+        reasons = self.health.problems()
+        if locks.redis == "down" and "redis down" not in reasons:
+            reasons.append("redis down")
+        reasons += [f"job {j['name']} overdue" for j in jobs if j["overdue"]]
+        db: dict[str, Any] = {
+            **describe_database(self.db),
+            "schemaVersion": self._schema_version or 0,
+            "state": self.health.database,
+        }
+        if self.health.database_error is not None:
+            db["error"] = self.health.database_error
         return {
             "version": __version__,
             "node": self.node,
             "startedAt": ms_to_iso(self.started_ms),
             "uptimeS": round((now - self.started_ms) / 1000, 3),
-            "state": "degraded" if degraded else "ok",
+            "state": "degraded" if reasons else "ok",
+            "degradedReasons": reasons,
             "locks": {"backend": locks.backend, "redis": locks.redis},
-            "db": {
-                **describe_database(self.db),
-                "schemaVersion": await self.db.schema_version(),
-            },
+            "db": db,
             "jobs": jobs,
             "onDemand": {"inFlight": self.on_demand.in_flight(), "queued": self.on_demand.queued()},
             "cache": cache,
