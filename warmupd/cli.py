@@ -36,6 +36,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     warnings = warnings_for(cfg)
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
+    # A fleet's database is checked as the daemon will use it (reachable, credentials, schema):
+    # an unreachable one is exit 1, a refusing or newer one exit 2, one line on stderr.
+    database = None if args.offline else _run_async(_check_database(cfg))
     now_ms = SystemClock().wall_ms()
     fires = {
         name: describe_next_fires(job.schedule, job.timezone, now_ms, 3)
@@ -44,12 +47,15 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     if args.json:
         doc = {
             "config": describe(cfg),
+            "database": database,
             "nextFires": {name: [utc for utc, _ in pairs] for name, pairs in fires.items()},
             "warnings": warnings,
         }
         print(json.dumps(doc, indent=2))
         return 0
     print(f"config OK: {cfg.source or '(embedded defaults)'}")
+    if database is not None:
+        print(f"database OK: {database['url']} (schema version {database['schemaVersion']})")
     _print_tree(describe(cfg))
     print("next fires:")
     for name, pairs in fires.items():
@@ -59,6 +65,29 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         for utc, local in pairs:
             print(f"    {utc}   {local}")
     return 0
+
+
+async def _check_database(cfg: Config) -> dict[str, Any] | None:
+    """Connect to the configured PostgreSQL and read its schema version (nothing is written).
+
+    :raises DatabaseUnavailable: unreachable now. :raises DatabaseRejected: credentials, no such
+        database. :raises SchemaTooNew: migrated by a newer warmupd. None for the SQLite file.
+    """
+    from warmupd.errors import SchemaTooNew
+    from warmupd.state.backends import state_database
+    from warmupd.state.postgres_schema import SCHEMA_VERSION
+
+    if cfg.database.url is None:
+        return None
+    db = state_database(cfg.database, cfg.daemon.db_path)
+    await db.open(migrate=False)
+    try:
+        version = await db.schema_version()
+    finally:
+        await db.close()
+    if version > SCHEMA_VERSION:
+        raise SchemaTooNew(cfg.database.url, version, SCHEMA_VERSION)
+    return {"url": cfg.database.url, "schemaVersion": version, "known": SCHEMA_VERSION}
 
 
 def _print_tree(tree: dict[str, Any], indent: str = "") -> None:
@@ -339,6 +368,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("check-config", cmd_check_config, "validate the config and show the next fires")
     p.add_argument("--json", action="store_true", help="one JSON object for scripts")
+    p.add_argument(
+        "--offline",
+        action="store_true",
+        help="do not connect to a configured PostgreSQL (by default it is checked: reachable, "
+        "credentials accepted, schema not newer than this warmupd)",
+    )
     p.add_argument(
         "--credentials-directory",
         metavar="DIR",
