@@ -28,7 +28,14 @@ import pytest
 
 from tests.lock_support import free_port
 
-PG_BIN = Path(os.environ.get("WARMUPD_TEST_PG_BIN", "/usr/lib/postgresql/15/bin"))
+
+def _newest_pg_bin() -> Path:
+    """The newest installed PostgreSQL's binaries (Debian: /usr/lib/postgresql/<major>/bin)."""
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"), key=lambda p: int(p.parts[-3]))
+    return found[-1].parent if found else Path("/usr/lib/postgresql/15/bin")
+
+
+PG_BIN = Path(os.environ.get("WARMUPD_TEST_PG_BIN") or _newest_pg_bin())
 PGBOUNCER = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
 RUN_AS = "postgres"
 """The OS user both servers run as."""
