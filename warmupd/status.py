@@ -143,6 +143,8 @@ class StatusService:
             self._counting is None or self._counting.done()
         ):
             self._counting = asyncio.ensure_future(self._count_cache(now_ms))
+            # Retrieved here: a count that failed (the database away) is just not newer.
+            self._counting.add_done_callback(lambda t: t.cancelled() or t.exception())
         return cache
 
     async def status(self) -> dict[str, Any]:
