@@ -113,6 +113,11 @@ def test_database_down_at_start_is_waited_for_alive_but_not_ready(
     first_ready = next(i for i, m in enumerate(listener.messages) if m.startswith("READY=1"))
     assert waiting, listener.messages
     assert listener.messages.index(waiting[0]) < first_ready  # READY=1 only after the wait
+    # Each waiting STATUS= extends systemd's start timeout: a daemon that keeps trying is not
+    # killed for a slow start (connect timeout 2 s + the retry + a 30 s margin).
+    extend = re.search(r"EXTEND_TIMEOUT_USEC=(\d+)", waiting[0])
+    assert extend is not None, waiting[0]
+    assert int(extend.group(1)) == (1 + 2 + 30) * 1_000_000
     assert PASSWORD not in "".join(listener.messages)
     assert_clean_log(daemon)
 

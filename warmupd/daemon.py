@@ -210,7 +210,11 @@ class Daemon:
             await runner.setup()
             self._waiting = runner
             await web.TCPSite(runner, cfg.http.host, cfg.http.port).start()
-        self.notifier.status(f"waiting for the state database: {reason}; retry in {retry_s:g}s")
+        # Until the next attempt has had its connect timeout, plus a margin: a daemon that keeps
+        # trying is never killed for a slow start, one that hangs is.
+        extend_s = retry_s + self.holder().database.connect_timeout_ms / 1000 + 30
+        status = f"waiting for the state database: {reason}; retry in {retry_s:g}s"
+        self.notifier.waiting(status, extend_s)
 
     async def _stop_waiting(self) -> None:
         if self._waiting is not None:
