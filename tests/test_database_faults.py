@@ -20,9 +20,9 @@ from tests.test_scheduler_tick import MemoryClaimer, MemoryState, at
 from warmupd.config import parse_config
 from warmupd.errors import DatabaseRejected, DatabaseUnavailable, SchemaTooNew
 from warmupd.health import Health
-from warmupd.jobs.run_state import record_finish
+from warmupd.jobs.run_state import ActiveRun, Tally, record_finish
 from warmupd.metrics import Metrics
-from warmupd.models import Fire
+from warmupd.models import Fire, RunStatus
 from warmupd.scheduler import JobSchedule
 from warmupd.scheduler_loop import Misfire, Scheduler
 from warmupd.startup import open_database, probe_database, retry_delays
@@ -190,6 +190,19 @@ async def test_a_final_run_record_waits_for_the_database_instead_of_being_lost()
     record = await record_finish(runs, clock, 7, status="failed")  # type: ignore[arg-type]
     assert record == "run 7 failed"
     assert (runs.calls, clock.sleeps) == (4, [1, 2, 4])
+
+
+@pytest.mark.parametrize(
+    ("lease_backend", "reason"),
+    [("redis", "database_unavailable"), ("postgresql", "lock_lost")],
+)
+def test_a_run_that_loses_the_database_fails_lock_lost_when_its_lease_lived_there(
+    lease_backend: str, reason: str
+) -> None:
+    active = ActiveRun("warmup-forecasts", lease_backend=lease_backend)
+    assert active.database_lost() == reason
+    assert active.database_lost() == reason  # the first reason stays
+    assert active.final_status(Tally(), selected=5) == (RunStatus.FAILED, reason)
 
 
 async def test_scheduler_gives_fires_back_while_the_database_is_away_then_follows_misfire_rules() -> (

@@ -60,6 +60,18 @@ class ActiveRun:
     tally: Tally | None = None
     """The counts so far, once items run (live progress for the dashboard)."""
     selected: int | None = None
+    lease_backend: str = ""
+    """Where the run's lease lives (``redis``, ``sqlite``, ``postgresql``)."""
+
+    def database_lost(self) -> str:
+        """Stop because the state database is away; returns the run's reason.
+
+        ``lock_lost`` when the lease lives in that database too (it cannot be renewed: SPEC §14),
+        else ``database_unavailable`` (the lease holds, but nothing can be recorded or read).
+        """
+        self.stop_now("lock_lost" if self.lease_backend == "postgresql" else "database_unavailable")
+        assert self.stop_reason is not None
+        return self.stop_reason
 
     def stop_now(self, reason: str) -> None:
         """Start no more items and cancel the in-flight ones; the first reason wins."""

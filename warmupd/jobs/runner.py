@@ -169,6 +169,7 @@ class JobRunner:
             )
         lease = result.lease
         metadata.update(lockBackend=lease.backend, fence=lease.fence, selected=None)
+        active.lease_backend = lease.backend
         try:
             run_id = await self.runs.start(job, trigger, self.node, self.clock.wall_ms(), metadata)
         except BaseException:
@@ -293,7 +294,7 @@ class JobRunner:
             # The state database went away (selecting, recording): the run cannot go on, and
             # it is no bug — a clear reason, no traceback.
             log.warning("run.database_unavailable", job=job.name, run=run_id, error=exc.message)
-            status, reason = RunStatus.FAILED, "database_unavailable"
+            status, reason = RunStatus.FAILED, active.database_lost()
         except Exception as exc:
             log.exception("run.error", job=job.name, run=run_id)
             status = RunStatus.FAILED
@@ -378,7 +379,7 @@ class JobRunner:
             # Every other item would fail the same way: stop the run (it ends failed), cancelling
             # the others but not this one, whose error is the one worth recording.
             active.inflight.discard(asyncio.current_task())
-            active.stop_now("database_unavailable")
+            active.database_lost()
             return ItemOutcome(ItemResult.FAILED, exc.message)
         except WarmupdError as exc:
             return ItemOutcome(ItemResult.FAILED, exc.message)
