@@ -107,6 +107,13 @@ class PrivatePostgres:
             secret.write_text(password + "\n")
             shutil.chown(secret, RUN_AS, RUN_AS)
             pwfile = [f"--pwfile={secret}"]
+        try:
+            self._initdb(auth, pwfile)
+        except BaseException:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            raise
+
+    def _initdb(self, auth: str, pwfile: list[str]) -> None:
         subprocess.run(
             _as_postgres(
                 [
@@ -212,9 +219,11 @@ class PrivatePostgres:
 
 
 class PgBouncer:
-    """A PgBouncer in transaction-pooling mode in front of ``127.0.0.1:server_port``."""
+    """A PgBouncer in transaction-pooling mode in front of ``server_host:server_port``."""
 
-    def __init__(self, server_port: int, *, pool_size: int = 20) -> None:
+    def __init__(
+        self, server_port: int, *, server_host: str = "127.0.0.1", pool_size: int = 20
+    ) -> None:
         _require(PGBOUNCER, "pgbouncer")
         self.dir = _owned_tempdir("warmupd-pgbouncer-")
         self.port = free_port()
@@ -227,7 +236,7 @@ class PgBouncer:
                 [
                     "[databases]",
                     # Any database name is forwarded to the server, as user postgres.
-                    f"* = host=127.0.0.1 port={server_port} user=postgres",
+                    f"* = host={server_host} port={server_port} user=postgres",
                     "[pgbouncer]",
                     "listen_addr = 127.0.0.1",
                     f"listen_port = {self.port}",
@@ -281,15 +290,17 @@ class PgBouncer:
             shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def start_pgbouncer(server_port: int, database: str, *, finalizer: Finalizer) -> str:
-    """Start a transaction-mode PgBouncer in front of ``127.0.0.1:server_port``.
+def start_pgbouncer(
+    server_port: int, database: str, *, finalizer: Finalizer, server_host: str = "127.0.0.1"
+) -> str:
+    """Start a transaction-mode PgBouncer in front of ``server_host:server_port``.
 
     :param database: the database the returned URL names (any name is forwarded).
     :param finalizer: registers the stop (e.g. ``request.addfinalizer``); it always runs.
     :returns: ``postgresql://postgres@127.0.0.1:<port>/<database>`` through PgBouncer (use it
         with ``[database] statement_cache = false``).
     """
-    bouncer = PgBouncer(server_port)
+    bouncer = PgBouncer(server_port, server_host=server_host)
     finalizer(bouncer.stop)
     bouncer.start()
     return bouncer.url(database)

@@ -187,7 +187,9 @@ def test_database_lost_while_running_then_back_without_a_restart(
         assert (run["status"], run["reason"]) == ("failed", "database_unavailable"), run
         assert any("cannot connect" in e for e in run["errors"]), run["errors"]
         # A new run succeeds on the same process; nothing written before the loss is gone.
-        status, record = daemon.trigger("warmup-forecasts", wait=True)
+        status, record, _ = daemon.request(
+            "POST", "/api/jobs/warmup-forecasts?wait=true", {"limit": 3}, J, timeout_s=120
+        )
         assert (status, record["status"]) == (200, "success"), record
         status, pack, _ = daemon.request("GET", "/api/comparison/tea-vs-coffee")
         assert status == 200, pack

@@ -14,6 +14,7 @@ import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
@@ -21,6 +22,7 @@ import pytest
 from tests.daemon_support import JOB_SECRET, WARMUP_SECRET, DaemonProcess, wait_until
 from tests.pg_private import PgBouncer, start_pgbouncer
 from tests.pg_support import (
+    ADMIN_URL,
     create_database,
     drop_database,
     new_database_name,
@@ -35,6 +37,8 @@ SERIES = [
     for month in range(1, 13)
     for day in (1, 8, 15, 22)
 ]
+SERVER = urlsplit(ADMIN_URL)
+"""The machine's server ($WARMUPD_TEST_PG), which PgBouncer fronts."""
 PREPARED_ERRORS = ("prepared statement", "PreparedStatement", "InvalidSQLStatementName")
 
 
@@ -57,7 +61,12 @@ def test_two_daemons_share_one_database_through_pgbouncer_in_transaction_mode(
     pg_lock_config: dict[str, Any],
     request: pytest.FixtureRequest,
 ) -> None:
-    url = start_pgbouncer(5432, fresh_db, finalizer=request.addfinalizer)
+    url = start_pgbouncer(
+        SERVER.port or 5432,
+        fresh_db,
+        finalizer=request.addfinalizer,
+        server_host=SERVER.hostname or "127.0.0.1",
+    )
     config = {
         "database": {"url": url, "statement_cache": False, "pool_max": 4},
         **pg_lock_config,
@@ -121,7 +130,9 @@ async def _interleave(url: str, cache_size: int) -> str:
 
 
 def test_control_the_launcher_pools_per_transaction(fresh_db: str) -> None:
-    bouncer = PgBouncer(5432, pool_size=2)
+    bouncer = PgBouncer(
+        SERVER.port or 5432, server_host=SERVER.hostname or "127.0.0.1", pool_size=2
+    )
     try:
         bouncer.start()
         url = bouncer.url(fresh_db)
