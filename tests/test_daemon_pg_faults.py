@@ -13,6 +13,7 @@ its own. Locks come from ``pg_lock_config`` (Redis until PostgreSQL leases land)
 from __future__ import annotations
 
 import re
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from tests.daemon_support import (
     load_demo,
     wait_until,
 )
+from tests.lock_support import free_port
 from tests.pg_private import PrivatePostgres
 
 pytestmark = pytest.mark.slow
@@ -119,6 +121,18 @@ def test_database_down_at_start_is_waited_for_alive_but_not_ready(
     assert extend is not None, waiting[0]
     assert int(extend.group(1)) == (1 + 2 + 30) * 1_000_000
     assert PASSWORD not in "".join(listener.messages)
+    assert_clean_log(daemon)
+
+
+def test_sigterm_while_waiting_for_the_database_exits_0(
+    tmp_path: Path, daemons: list[DaemonProcess], pg_lock_config: dict[str, Any]
+) -> None:
+    url = f"postgresql://postgres:{PASSWORD}@127.0.0.1:{free_port()}/postgres"  # nobody listens
+    daemon = DaemonProcess(tmp_path, "term", {"database": {"url": url}, **pg_lock_config})
+    daemons.append(daemon.start())
+    wait_until(lambda: "database.waiting" in daemon.logs())
+    daemon.send(signal.SIGTERM)
+    assert daemon.wait_exit() == 0
     assert_clean_log(daemon)
 
 
