@@ -158,7 +158,7 @@ def test_database_lost_while_running_then_back_without_a_restart(
         status, data, _ = daemon.request("PUT", "/api/comparisons/tea-vs-coffee", comparison, J)
         assert status == 201, data
         views = "/api/comparisons/tea-vs-coffee/views"
-        assert daemon.request("POST", views, {"count": 1000}, J)[0] == 200  # selected first
+        assert daemon.request("POST", views, {"count": 1_000_000}, J)[0] == 200  # selected first
         status, started, _ = daemon.request(
             "POST", "/api/jobs/warmup-forecasts", {"concurrency": 1}, J
         )

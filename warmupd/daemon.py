@@ -1,7 +1,8 @@
 """The composition root: picks concrete classes, wires them, owns the lifecycle (SPEC §11).
 
 Start-up: load config → open DB, migrate → mark orphaned runs abandoned → connect Redis (non-fatal)
-→ start HTTP → start the scheduler (which runs due misfires) → ``READY=1``. Every component is
+→ start HTTP → start the scheduler (which runs due misfires) → ``READY=1``. A PostgreSQL that does
+not answer yet is waited for, with ``/healthz`` served meanwhile (:mod:`warmupd.startup`). Every component is
 entered into one ``AsyncExitStack`` in start-up order, so shutdown runs in reverse on every path.
 
 SIGTERM/SIGINT walk a small state machine: running → draining (no new HTTP connections, no new
