@@ -42,6 +42,7 @@ LAYERS: dict[str, int] = {
     "store": 2,
     "cache": 2,
     "cli_common": 7,
+    "cli_check": 7,
     "cli_remote": 7,
     "runs": 2,
     "importer": 2,

@@ -29,7 +29,7 @@ from warmupd.startup import open_database, probe_database, retry_delays
 from warmupd.state.postgres import PostgresDatabase, is_transient
 from warmupd.wiring import new_health
 
-DOWN = "state database: cannot connect to postgresql://w@db:5432/w: ConnectionRefusedError"
+DOWN = "cannot connect to postgresql://w@db:5432/w: ConnectionRefusedError"
 
 
 class FlakyDatabase:
@@ -279,7 +279,7 @@ async def test_an_unreachable_server_is_transient_and_names_the_url_without_pass
     db.on_health = lambda up, why: reports.append((up, why))
     with pytest.raises(DatabaseUnavailable) as err:
         await db.open()
-    assert err.value.message.startswith(f"state database: cannot connect to {url}: ")
+    assert err.value.message.startswith(f"cannot connect to {url}: ")
     assert "never-Shown-4242" not in err.value.message
     assert reports == [(False, err.value.message)]
     with pytest.raises(DatabaseUnavailable):

@@ -162,9 +162,7 @@ async def test_database_lost_during_a_warmup_all_views_agree_and_nothing_is_trac
 
         status, ready, body, up = await db_views(d.client)
         assert (status["state"], status["db"]["state"], ready, up) == ("degraded", "down", 503, 0)
-        assert status["db"]["error"].startswith(
-            f"state database: cannot connect to {private_pg.url()}"
-        )
+        assert status["db"]["error"].startswith(f"cannot connect to {private_pg.url()}")
         assert body["db"] == f"unavailable ({status['db']['error']})"
         answer = await d.client.get("/api/comparison/tea-vs-coffee/status")
         assert (answer.status, (await answer.json())["error"]) == (503, "unavailable")

@@ -27,7 +27,8 @@ import asyncpg
 
 from warmupd.errors import DatabaseRejected, DatabaseUnavailable, SchemaTooNew
 from warmupd.state import Dialect, Row
-from warmupd.state.postgres_schema import MIGRATION_LOCK_KEY, MIGRATIONS, SCHEMA_VERSION
+from warmupd.state.postgres_schema import MIGRATION_LOCK_KEY, MIGRATIONS
+from warmupd.state.postgres_schema import SCHEMA_VERSION as SCHEMA_VERSION  # re-exported
 
 POSTGRES = Dialect(
     name="postgresql", greatest="greatest", nulls_last=" NULLS LAST", is_distinct="IS DISTINCT FROM"
@@ -174,7 +175,7 @@ class PostgresDatabase:
         self._failing = False
 
     def _unavailable(self, exc: BaseException) -> DatabaseUnavailable:
-        error = DatabaseUnavailable(f"state database: cannot connect to {self.url}: {_why(exc)}")
+        error = DatabaseUnavailable(f"cannot connect to {self.url}: {_why(exc)}")
         self._failing = True
         if self.on_health is not None:
             self.on_health(False, error.message)
@@ -378,9 +379,11 @@ class PostgresDatabase:
         must not collide with them. Never moves the sequence backwards (ids of purged rows are not
         handed out again).
         """
-        await self.pool.execute(
-            f"""SELECT setval(seq, greatest(top, pg_sequence_last_value(seq)))
+        await self._call(
+            self.pool.execute(
+                f"""SELECT setval(seq, greatest(top, pg_sequence_last_value(seq)))
                 FROM (SELECT pg_get_serial_sequence('{table}', '{column}')::regclass AS seq,
                              (SELECT max({column}) FROM {table}) AS top) AS s
                 WHERE top IS NOT NULL"""
+            )
         )
