@@ -92,7 +92,7 @@ class Daemon:
         self.scheduler: Scheduler | None = None
         self.core: Core | None = None
         self.health = new_health(config, self.metrics)
-        self._ready = False
+        self._waiting_for_database = False
         self._waiting: web.AppRunner | None = None
 
     def _transition(self, state: ShutdownState) -> None:
@@ -109,7 +109,7 @@ class Daemon:
         Applies every setting that can change without a restart (:mod:`warmupd.reload`); a
         changed restart-only key is logged and listed in ``/api/status``.
         """
-        if not self._ready:
+        if self._waiting_for_database:
             # Still waiting for the database: no RELOADING=1/READY=1 before the first READY=1.
             self.holder.reload()
             return
@@ -175,10 +175,12 @@ class Daemon:
                     # SPEC §14: keep trying while serving /healthz; READY=1 only once open.
                     watch_database(db, self.health.observe_database)
                     stack.push_async_callback(self._stop_waiting)
+                    self._waiting_for_database = True
                     opened = await open_database(
                         db, health=self.health, clock=self.clock, stop=self._stop,
                         on_waiting=self._wait_for_database,
                     )  # fmt: skip
+                    self._waiting_for_database = False
                     if not opened:
                         self.notifier.stopping()
                         return 0
@@ -341,7 +343,6 @@ class Daemon:
             locks=core.lock_state().backend,
         )
         self.notifier.ready(self._status_line(core))
-        self._ready = True
         if cfg.database.is_postgres:
             # STATUS= follows the database at once (not at the next heartbeat) once ready.
             core.health.subscribe_database(lambda _: self.notifier.status(self._status_line(core)))
