@@ -55,7 +55,12 @@ def _require(path: str | Path, what: str) -> None:
 
 
 def _as_postgres(argv: list[str]) -> list[str]:
-    """``argv`` run as the ``postgres`` user: setpriv execs in place, so a pid stays the child's."""
+    """``argv`` run as the ``postgres`` user: setpriv execs in place, so a pid stays the child's.
+
+    Not root (a developer's shell): as the current user, which both servers accept.
+    """
+    if os.geteuid() != 0:
+        return argv
     return [
         "setpriv",
         f"--reuid={RUN_AS}",
@@ -69,8 +74,14 @@ def _as_postgres(argv: list[str]) -> list[str]:
 def _owned_tempdir(prefix: str) -> Path:
     """A fresh directory under /tmp that the ``postgres`` user owns (pytest's tmp_path is root's)."""
     path = Path(tempfile.mkdtemp(prefix=prefix))
-    shutil.chown(path, RUN_AS, RUN_AS)
+    _give(path)
     return path
+
+
+def _give(path: Path) -> None:
+    """Hand ``path`` to the ``postgres`` user (when we are root and may)."""
+    if os.geteuid() == 0:
+        shutil.chown(path, RUN_AS, RUN_AS)
 
 
 def _wait_port(port: int, alive: Callable[[], bool], timeout_s: float = 30.0) -> None:
@@ -105,7 +116,7 @@ class PrivatePostgres:
         if password:
             secret = self.dir / "pwfile"
             secret.write_text(password + "\n")
-            shutil.chown(secret, RUN_AS, RUN_AS)
+            _give(secret)
             pwfile = [f"--pwfile={secret}"]
         try:
             self._initdb(auth, pwfile)
@@ -255,7 +266,7 @@ class PgBouncer:
             )
         )
         for path in (self.ini, users):
-            shutil.chown(path, RUN_AS, RUN_AS)
+            _give(path)
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
