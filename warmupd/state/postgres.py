@@ -29,7 +29,13 @@ import asyncpg
 from warmupd.errors import SchemaTooNew, ServiceUnavailable
 from warmupd.state import Dialect, Row
 
-POSTGRES = Dialect(name="postgresql", greatest="greatest", nulls_last=" NULLS LAST")
+POSTGRES = Dialect(
+    name="postgresql",
+    greatest="greatest",
+    nulls_last=" NULLS LAST",
+    # clock_timestamp(), not now(): now() is the start of the transaction, not of this statement.
+    clock_ms="(extract(epoch FROM clock_timestamp()) * 1000)::bigint",
+)
 
 MIGRATION_LOCK_KEY = 0x7761726D75706430
 """``pg_advisory_xact_lock`` key of the migrations (the bytes of ``"warmupd0"``)."""
@@ -159,6 +165,11 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
                 ),
             )
         ),
+    ),
+    # v4: what /api/status shows of each live node: its warmupd version, its measured clock skew.
+    (
+        "ALTER TABLE nodes ADD COLUMN version TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE nodes ADD COLUMN skew_ms BIGINT",
     ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
