@@ -10,14 +10,17 @@ Time is a FakeClock: a follower's polls run when the test advances it.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
 import pytest
 import redis.asyncio as aioredis
 
+from tests.daemon_support import JOB_SECRET, WARMUP_SECRET, DaemonProcess, wait_until
 from tests.fakes import FakeClock
 from tests.lock_support import REDIS_URL, delete_prefix, new_prefix, require_redis
 from tests.pg_support import (
@@ -27,6 +30,7 @@ from tests.pg_support import (
     require_postgres,
     run_admin,
 )
+from tests.test_daemon_postgres import SERIES
 from tests.test_jobs_warmups import RecordingCpu, comparison
 from warmupd.cache import CacheStore
 from warmupd.config import JOB_ON_DEMAND, parse_config
@@ -229,3 +233,50 @@ async def test_a_follower_takes_the_warmup_over_when_its_holder_dies(fleet: Flee
     await b_task
     assert await on_demand_runs(b) == [("b", RunStatus.SUCCESS)]
     assert b.on_demand.computations == 1
+
+
+@pytest.mark.slow
+async def test_two_real_daemons_on_one_sqlite_file_compute_and_record_a_warmup_once(
+    tmp_path: Path, daemons: list[DaemonProcess]
+) -> None:
+    """The issue's measurement (19 run rows for one warmup, two processes on one SQLite file),
+    repeated with real ``warmupd serve`` processes: now one run row and one computation."""
+    shared = tmp_path / "shared-state"
+    a = DaemonProcess(tmp_path, "a", state_dir=shared).start(wait=False)
+    b = DaemonProcess(tmp_path, "b", state_dir=shared).start(wait=False)
+    daemons += [a, b]
+    await asyncio.to_thread(a.wait_healthy)
+    await asyncio.to_thread(b.wait_healthy)
+    slug = "tea-vs-coffee"
+    body = {"terms": ["tea", "coffee"], "timeframe": "today 12-m", "series": SERIES}
+    status, _, _ = await asyncio.to_thread(
+        a.request, "PUT", f"/api/comparisons/{slug}", body, {"X-Job-Secret": JOB_SECRET}
+    )
+    assert status == 201
+    headers = {"X-Warmup-Secret": WARMUP_SECRET}
+
+    async def one(session: aiohttp.ClientSession, n: int) -> tuple[int, str]:
+        url = (a, b)[n % 2].url + "/api/comparison/warmup"
+        async with session.post(url, json={"slug": slug}, headers=headers) as resp:
+            return resp.status, (await resp.json())["status"]
+
+    async with aiohttp.ClientSession() as session:
+        answers = await asyncio.gather(*(one(session, n) for n in range(300)))
+    assert {code for code, _ in answers} <= {200, 202}
+    for d in (a, b):
+
+        def fresh(d: DaemonProcess = d) -> bool:
+            parts = d.request("GET", f"/api/comparison/{slug}/status")[1]["parts"]
+            return set(parts.values()) == {"fresh"}
+
+        await asyncio.to_thread(wait_until, fresh, 60)
+    conn = sqlite3.connect(a.db_path)
+    rows = conn.execute(
+        "SELECT status, node FROM job_runs WHERE job = 'warmup-on-demand'"
+    ).fetchall()
+    conn.close()
+    assert [status for status, _ in rows] == ["success"], rows
+    processed = 'warmupd_job_items_total{job_name="warmup-on-demand",result="processed"} '
+    metrics = [d.request("GET", "/metrics")[1] for d in (a, b)]
+    assert sum(f"{processed}1" in text for text in metrics) == 1  # one daemon computed, once
+    assert sum(f"{processed}0" in text for text in metrics) == 1
