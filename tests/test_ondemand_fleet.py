@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 import aiohttp
 import pytest
@@ -34,6 +35,7 @@ from tests.test_daemon_postgres import SERIES
 from tests.test_jobs_warmups import RecordingCpu, comparison
 from warmupd.cache import CacheStore
 from warmupd.config import JOB_ON_DEMAND, parse_config
+from warmupd.errors import ProducerError
 from warmupd.jobs.ondemand import FOLLOW_POLL_S, OnDemand
 from warmupd.jobs.parts import Warmer
 from warmupd.locks import Locks
@@ -48,6 +50,17 @@ from warmupd.state.sqlite import SqliteDatabase
 from warmupd.store import ComparisonStore, WarmupStore
 
 LEASE_MS = 60_000
+T = TypeVar("T")
+
+
+class FailingCpu(RecordingCpu):
+    """Every call waits for the gate, then fails (a producer error)."""
+
+    async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        self.calls.append(fn.__name__)
+        assert self.gate is not None
+        await self.gate.wait()
+        raise ProducerError("the model server is down")
 
 
 @dataclass
@@ -280,3 +293,26 @@ async def test_two_real_daemons_on_one_sqlite_file_compute_and_record_a_warmup_o
     metrics = [d.request("GET", "/metrics")[1] for d in (a, b)]
     assert sum(f"{processed}1" in text for text in metrics) == 1  # one daemon computed, once
     assert sum(f"{processed}0" in text for text in metrics) == 1
+
+
+async def test_a_followed_warmup_that_fails_is_not_retried_by_each_follower(fleet: Fleet) -> None:
+    a, b = fleet.a, fleet.b
+    c = comparison("tea-vs-soda")
+    await ComparisonStore(a.db).upsert(c, fleet.clock.wall_ms())
+    a.cpu = a.on_demand.warmer.cpu = FailingCpu()
+    a.cpu.gate = asyncio.Event()
+    await a.on_demand.request(c.slug, None)
+    await until(lambda: bool(a.cpu.calls))
+    await b.on_demand.request(c.slug, None)
+    b_flight = b.on_demand._flights[(c.slug, c.data_hash)]
+    await until(lambda: b_flight.elsewhere)
+    a.cpu.gate.set()  # the holder's computation fails
+    await task_of(a, c.slug, c.data_hash)
+    b_task = task_of(b, c.slug, c.data_hash)
+    await fleet.clock.advance(FOLLOW_POLL_S)
+    await b_task
+    assert await on_demand_runs(b) == [("a", RunStatus.FAILED)]
+    assert b.cpu.calls == []
+    row = await WarmupStore(b.db).get(c.slug, c.data_hash)
+    assert row is not None
+    assert row.status is WarmupState.FAILED

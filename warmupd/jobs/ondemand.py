@@ -53,6 +53,8 @@ class _Flight:
     task: asyncio.Task[None] | None = None
     elsewhere: bool = False
     """Another process holds the lock and computes it; this flight follows (records nothing)."""
+    followed_since_ms: int | None = None
+    """When this flight first found the warmup held elsewhere."""
 
 
 class OnDemand:
@@ -210,6 +212,8 @@ class OnDemand:
                         return
                 # Held elsewhere: follow that warmup outside the slot, which is for computing.
                 flight.elsewhere = True
+                if flight.followed_since_ms is None:
+                    flight.followed_since_ms = self.clock.wall_ms()
                 await self.clock.sleep(FOLLOW_POLL_S)
                 if not self._accepting:
                     raise asyncio.CancelledError  # noqa: TRY301 - stopping: stop following too
@@ -236,12 +240,23 @@ class OnDemand:
 
     async def _settled(self, flight: _Flight) -> bool:
         """Whether a followed warmup needs nothing more from this process: its parts are up to
-        date, or the comparison has moved on to another dataHash (a new request warms that)."""
+        date, the comparison has moved on to another dataHash (a new request warms that), or the
+        holder's warmup failed while followed (the status row says so; a new request retries —
+        each follower retrying it would make one failure N computations in a fleet of N)."""
         read = await self.warmer.snapshot(flight.slug)
-        return (
+        if (
             read is None
             or read.head.data_hash != flight.data_hash
             or self.warmer.up_to_date(read, self.clock.wall_ms())
+        ):
+            return True
+        row = await self.warmups.get(flight.slug, flight.data_hash)
+        since = flight.followed_since_ms
+        return (
+            row is not None
+            and since is not None
+            and row.status is WarmupState.FAILED
+            and row.updated_at_ms >= since
         )
 
     async def _compute(self, flight: _Flight) -> bool:
