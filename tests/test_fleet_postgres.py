@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import signal
 import time
 from collections import Counter
 from collections.abc import Iterator
+from datetime import datetime
 from typing import Any
 
 import aiohttp
@@ -190,7 +192,9 @@ def test_kill_9_of_the_daemon_running_a_job_another_takes_it_and_the_run_is_aban
     fleet: Fleet, model: FakeModelServer
 ) -> None:
     d0, d1, d2 = fleet.daemons
-    for n in range(4):  # four more model calls of MODEL_DELAY_S each, one at a time
+    # Eight model calls of MODEL_DELAY_S each, one at a time: the job outlasts this scenario and
+    # the next, which freezes the daemon that takes it over.
+    for n in range(8):
         put(d0, f"slow-{n}", f"slow{n}", f"fast{n}", views=20)
     wait_until(lambda: len(housekeeping_dues(fleet)) >= 21, 60)  # enough fires before the kill
     model.reset()
@@ -223,6 +227,7 @@ def test_kill_9_of_the_daemon_running_a_job_another_takes_it_and_the_run_is_aban
         "running",
         d2.request("GET", "/api/status")[1]["node"],
     )
+    STATE["taken_run"] = answer["runId"]
 
 
 def housekeeping_dues(fleet: Fleet) -> set[int]:
@@ -245,12 +250,49 @@ def test_every_second_fire_ran_once_in_the_shared_log_with_no_overlap(fleet: Fle
     # At least 20 fires before the kill. (Not every second: a loop woken more than a second late
     # coalesces the slots it missed into one fire, by design — SPEC §4.)
     assert len([d for d in dues if d < STATE["kill_ms"]]) >= 20
+    # Fires of the last seconds may still be running.
+    runs = [r for r in runs if r["metadata"]["dueAt"] < time.time() * 1000 - 2_000]
     for run in runs:
         allowed = {"success"} | ({"abandoned"} if run["node"] == STATE["killed_node"] else set())
         assert run["status"] in allowed, run
     spans = sorted((r["started_at"], r["finished_at"]) for r in runs if r["status"] == "success")
     for (_, end), (start, _) in itertools.pairwise(spans):
         assert end <= start  # never two housekeeping runs at once
+
+
+def test_a_frozen_daemon_loses_its_job_within_a_lease_and_its_run_is_abandoned_by_heartbeat_age(
+    fleet: Fleet,
+) -> None:
+    """SIGSTOP: the pid lives on (no "process gone" shortcut), but the heartbeats stop — as when a
+    host hangs or is cut off. The job is free within a lease; 3 leases after its last heartbeat,
+    a live daemon's heartbeat marks the frozen node's run abandoned."""
+    d0, _, d2 = fleet.daemons
+    path = f"/api/jobs/runs/{STATE['taken_run']}"
+    assert d0.request("GET", path)[1]["status"] == "running"  # d2 is mid-job (8 slow items)
+    frozen_node = d2.request("GET", "/api/status")[1]["node"]
+    heartbeats: list[int] = []
+
+    def abandoned() -> bool:
+        # Its last heartbeat, while the row lasts (housekeeping purges it once 3 leases old).
+        rows = fleet.query("SELECT heartbeat_at FROM nodes WHERE node = $1", frozen_node)
+        heartbeats.extend(r["heartbeat_at"] for r in rows)
+        return bool(d0.request("GET", path)[1]["status"] == "abandoned")
+
+    d2.send(signal.SIGSTOP)
+    frozen_at = time.monotonic()
+    try:
+        while (code := d0.trigger("warmup-ai-explanations")[0]) != 202:
+            assert code == 429
+            time.sleep(0.1)
+        assert time.monotonic() - frozen_at <= LEASE_S + 2.0
+        wait_until(abandoned, 3 * LEASE_S + 15)
+    finally:
+        d2.send(signal.SIGCONT)
+    record = d0.request("GET", path)[1]
+    assert (record["reason"], record["node"]) == ("owner_died", frozen_node)
+    # Marked once its last heartbeat was more than 3 leases old, not sooner.
+    marked_ms = datetime.fromisoformat(record["finishedAt"]).timestamp() * 1000
+    assert marked_ms - max(heartbeats) > 3 * LEASE_S * 1000
 
 
 def test_the_survivors_stop_cleanly(fleet: Fleet) -> None:
