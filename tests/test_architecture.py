@@ -26,6 +26,8 @@ LAYERS: dict[str, int] = {
     "state.sqlite": 1,
     "state.postgres": 1,
     "state.backends": 1,
+    "state.copy": 1,  # copy-state: picks backends by URL like state.backends
+    "state.copy_tables": 1,
     "schemas": 1,
     "metrics": 1,
     "health": 1,

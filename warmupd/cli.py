@@ -120,6 +120,26 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return _run_async(go())
 
 
+def cmd_copy_state(args: argparse.Namespace) -> int:
+    """Copy a state to another backend (SPEC §14): a bar per table on a terminal, counts at the end."""
+    from warmupd.state.copy import TerminalProgress, copy_state, parse_location
+
+    source, target = parse_location("--from", args.source), parse_location("--to", args.target)
+    counts = _run_async(
+        copy_state(
+            source,
+            target,
+            now_ms=SystemClock().wall_ms(),
+            configured=lambda: _load(args).database,
+            force=args.force,
+            progress=TerminalProgress(sys.stderr) if sys.stderr.isatty() else None,
+            warn=lambda message: print(f"warning: {message}", file=sys.stderr),
+        )
+    )
+    print("\n".join(count.line() for count in counts))
+    return 0
+
+
 def cmd_import(args: argparse.Namespace) -> int:
     """Bulk upsert comparisons from a JSONL file; report bad lines by number."""
     from warmupd.importer import import_lines
@@ -279,6 +299,15 @@ def _bounded(lo: int, hi: int) -> Callable[[str], int]:
     return parse
 
 
+COPY_STATE_HELP = """URL: postgresql://user[:password]@host[:port]/dbname (or postgres://), or a SQLite
+file: a path, or sqlite:///absolute/path. Without a password in the URL, a URL equal to the
+configured [database] url uses the daemon's password (credential, file, env; -c as for serve),
+else $PGPASSWORD or ~/.pgpass. Passwords are never printed. Copies comparisons, cache entries
+(fences kept), runs (ids kept), schedule state and pauses; never locks, fire claims or nodes. Rows
+are upserted on their keys, nothing is deleted: running it again copies nothing new. Stop the
+daemons first: it refuses while a daemon heartbeats on --to (--force overrides)."""
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests and docs)."""
     parser = argparse.ArgumentParser(
@@ -318,6 +347,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     add("migrate", cmd_migrate, "apply pending schema migrations")
+
+    p = add(
+        "copy-state", cmd_copy_state, "copy a state to another database (SQLite <-> PostgreSQL)"
+    )
+    p.epilog = COPY_STATE_HELP
+    p.add_argument("--from", dest="source", required=True, metavar="URL", help="the state to copy")
+    p.add_argument("--to", dest="target", required=True, metavar="URL", help="where to (migrated)")
+    p.add_argument("--force", action="store_true", help="copy even while daemons run on --to")
 
     p = add("import", cmd_import, "bulk upsert comparisons from a JSONL file")
     p.add_argument("file", metavar="FILE.jsonl")

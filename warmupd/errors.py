@@ -176,6 +176,12 @@ class SchemaTooNew(WarmupdError):
         )
 
 
+class CopyRefused(WarmupdError):
+    """``warmupd copy-state`` will not copy between these two states (the message says why)."""
+
+    code = "copy_refused"
+
+
 class LockLost(WarmupdError):
     """A held lease could not be renewed (taken, expired or unreachable past its lease)."""
 

@@ -33,6 +33,7 @@ POSTGRES = Dialect(
     name="postgresql",
     greatest="greatest",
     nulls_last=" NULLS LAST",
+    is_distinct="IS DISTINCT FROM",
     # clock_timestamp(), not now(): now() is the start of the transaction, not of this statement.
     clock_ms="(extract(epoch FROM clock_timestamp()) * 1000)::bigint",
 )
@@ -383,3 +384,17 @@ class PostgresDatabase:
             return 0
         version = await self.pool.fetchval("SELECT version FROM warmupd_schema WHERE id = 1")
         return int(version) if version is not None else 0
+
+    async def advance_identity(self, table: str, column: str) -> None:
+        """Move the identity sequence of ``table.column`` past the largest value stored.
+
+        For rows inserted with explicit ids (``copy-state`` keeps run ids): the next generated id
+        must not collide with them. Never moves the sequence backwards (ids of purged rows are not
+        handed out again).
+        """
+        await self.pool.execute(
+            f"""SELECT setval(seq, greatest(top, pg_sequence_last_value(seq)))
+                FROM (SELECT pg_get_serial_sequence('{table}', '{column}')::regclass AS seq,
+                             (SELECT max({column}) FROM {table}) AS top) AS s
+                WHERE top IS NOT NULL"""
+        )

@@ -167,6 +167,7 @@ SQLITE = Dialect(
     name="sqlite",
     greatest="max",
     nulls_last="",
+    is_distinct="IS NOT",
     # No clock of its own: a file is shared only by processes of one host, which read one clock.
     clock_ms=None,
 )
