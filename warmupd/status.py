@@ -10,9 +10,10 @@ from typing import Any
 from warmupd import __version__
 from warmupd.cache import CacheStore
 from warmupd.clock import Clock, ms_to_iso
+from warmupd.heartbeat import Heartbeat
 from warmupd.jobs.ondemand import OnDemand
 from warmupd.jobs.service import JobsService
-from warmupd.runs import NodeStore, RunStore
+from warmupd.runs import NodeInfo, NodeStore, RunStore
 from warmupd.scheduler_loop import Scheduler
 from warmupd.state.backends import STATE_ERRORS, StateBackend, describe_database
 
@@ -54,10 +55,12 @@ class StatusService:
         started_ms: int,
         nodes: NodeStore | None = None,
         node_stale_ms: Callable[[], int] = lambda: 180_000,
+        heartbeat: Heartbeat | None = None,
     ) -> None:
         self.db = db
         self.nodes = nodes
         self.node_stale_ms = node_stale_ms
+        self.heartbeat = heartbeat
         self._counts: tuple[int, dict[str, int]] | None = None
         self._counting: asyncio.Task[dict[str, int]] | None = None
         self.runs = runs
@@ -104,10 +107,17 @@ class StatusService:
 
     async def live_nodes(self) -> list[str]:
         """Every process with a recent heartbeat on this state, this one included."""
+        return sorted(n.node for n in await self.node_list())
+
+    async def node_list(self) -> list[NodeInfo]:
+        """The live nodes from the heartbeat table (SPEC §14), this one included even when its
+        first beat is not in the table yet."""
+        skew = self.heartbeat.skew_ms if self.heartbeat is not None else None
+        me = NodeInfo(self.node, __version__, self.started_ms, self.clock.wall_ms(), skew)
         if self.nodes is None:
-            return [self.node]
-        alive = await self.nodes.alive(self.clock.wall_ms() - self.node_stale_ms())
-        return sorted(alive | {self.node})
+            return [me]
+        live = await self.nodes.live(self.clock.wall_ms() - self.node_stale_ms())
+        return live if any(n.node == self.node for n in live) else [*live, me]
 
     async def _count_cache(self, now_ms: int) -> dict[str, int]:
         cache = await self.cache.totals(now_ms)
@@ -135,13 +145,28 @@ class StatusService:
         cache = await self.cache_counts(now)
         jobs = await self.jobs(now)
         locks = self._lock_state()
-        degraded = locks.redis == "down" or any(j["overdue"] for j in jobs)
+        reasons = ["redis: down"] if locks.redis == "down" else []
+        reasons += [f"job {j['name']}: overdue" for j in jobs if j["overdue"]]
+        skewed = self.heartbeat.degraded_reason() if self.heartbeat is not None else None
+        if skewed is not None:
+            reasons.append(skewed)
         return {
             "version": __version__,
             "node": self.node,
             "startedAt": ms_to_iso(self.started_ms),
             "uptimeS": round((now - self.started_ms) / 1000, 3),
-            "state": "degraded" if degraded else "ok",
+            "state": "degraded" if reasons else "ok",
+            "reasons": reasons,
+            "nodes": [
+                {
+                    "node": n.node,
+                    "version": n.version,
+                    "startedAt": ms_to_iso(n.started_at_ms),
+                    "heartbeatAt": ms_to_iso(n.heartbeat_at_ms),
+                    "skewMs": n.skew_ms,
+                }
+                for n in await self.node_list()
+            ],
             "locks": {"backend": locks.backend, "redis": locks.redis},
             "db": {
                 **describe_database(self.db),

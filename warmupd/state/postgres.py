@@ -30,7 +30,12 @@ from warmupd.errors import SchemaTooNew, ServiceUnavailable
 from warmupd.state import Dialect, Row
 
 POSTGRES = Dialect(
-    name="postgresql", greatest="greatest", nulls_last=" NULLS LAST", is_distinct="IS DISTINCT FROM"
+    name="postgresql",
+    greatest="greatest",
+    nulls_last=" NULLS LAST",
+    is_distinct="IS DISTINCT FROM",
+    # clock_timestamp(), not now(): now() is the start of the transaction, not of this statement.
+    clock_ms="(extract(epoch FROM clock_timestamp()) * 1000)::bigint",
 )
 
 MIGRATION_LOCK_KEY = 0x7761726D75706430
@@ -161,6 +166,11 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
                 ),
             )
         ),
+    ),
+    # v4: what /api/status shows of each live node: its warmupd version, its measured clock skew.
+    (
+        "ALTER TABLE nodes ADD COLUMN version TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE nodes ADD COLUMN skew_ms BIGINT",
     ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
