@@ -50,6 +50,7 @@ LAYERS: dict[str, int] = {
     "locks": 2,
     "pauses": 2,
     "scheduler_loop": 2,
+    "heartbeat": 2,
     # L3: lock backends
     "locks.sqlite": 3,
     "locks.redis": 3,

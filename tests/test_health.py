@@ -8,6 +8,7 @@ Time is a :class:`FakeClock`: the run's lease renewal happens exactly when the t
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
@@ -126,7 +127,8 @@ async def test_database_lost_during_a_warmup_all_views_agree_and_nothing_is_trac
     pg_lock_config: dict[str, Any],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    clock = FakeClock(wall_ms=1_767_225_600_000)
+    # Now, not a fixed instant: the heartbeat compares the wall clock with the database server's.
+    clock = FakeClock(wall_ms=int(time.time() * 1000))
     config = {"database": {"url": private_pg.url(), "connect_timeout": "2s"}, **pg_lock_config}
     async with in_process(tmp_path, aiohttp_client, config, clock=clock, gated=True) as d:
         status, ready, body, up = await db_views(d.client)

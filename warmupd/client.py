@@ -215,7 +215,6 @@ def status_text(doc: dict[str, Any]) -> str:
     )
     lines = [
         f"warmupd {doc.get('version')}  node {doc.get('node')}  state {doc.get('state')}",
-        *[f"degraded  {reason}" for reason in doc.get("degradedReasons") or []],
         f"started   {doc.get('startedAt')}  (up {doc.get('uptimeS')} s)",
         f"locks     {locks.get('backend')}  redis {locks.get('redis')}",
         f"db        {where}  schema v{db.get('schemaVersion')}",
@@ -223,6 +222,12 @@ def status_text(doc: dict[str, Any]) -> str:
         f"expired {cache.get('expired')}",
         f"on-demand in flight {on_demand.get('inFlight')}  queued {on_demand.get('queued')}",
     ]
+    lines += [f"degraded  {reason}" for reason in doc.get("reasons", [])]
+    nodes = [n for n in doc.get("nodes", []) if isinstance(n, dict)]
+    if nodes:
+        keys = ["node", "version", "startedAt", "heartbeatAt", "skewMs"]
+        rows = [["-" if n.get(k) is None else str(n[k]) for k in keys] for n in nodes]
+        lines += ["", format_table(["NODE", "VERSION", "STARTED", "HEARTBEAT", "SKEW MS"], rows)]
     jobs = [j for j in doc.get("jobs", []) if isinstance(j, dict)]
     if jobs:
         keys = ["name", "enabled", "nextRunAt", "running"]

@@ -29,6 +29,7 @@ from aiohttp import web
 from warmupd.clock import Clock, SystemClock, ms_to_iso
 from warmupd.config import Config
 from warmupd.errors import AlreadyRunning, LockedElsewhere, ServiceUnavailable
+from warmupd.heartbeat import interval_s as heartbeat_interval_s
 from warmupd.http import create_app
 from warmupd.jobs.reads import ComparisonService
 from warmupd.jobs.runner import Progress
@@ -64,7 +65,6 @@ from warmupd.wiring import (
 
 log = get_logger("warmupd.daemon")
 
-HEARTBEAT_S = 10.0
 SWITCH_INTERVAL_S = 0.001
 """The GIL switch interval ``serve`` sets (see :func:`serve`)."""
 
@@ -264,7 +264,8 @@ class Daemon:
             clock=self.clock,
             started_ms=self.clock.wall_ms(),
             nodes=core.nodes,
-            node_stale_ms=lambda: 3 * holder().locks.lease_ms,  # locks.lease reloads
+            node_stale_ms=core.heartbeat.stale_ms,
+            heartbeat=core.heartbeat,
             health=core.health,
         )
         comparisons = ComparisonService(
@@ -363,10 +364,12 @@ class Daemon:
 
     async def _heartbeat(self, core: Core) -> None:
         while True:
-            await self.clock.sleep(HEARTBEAT_S)
+            await self.clock.sleep(heartbeat_interval_s(self.holder().locks.lease_ms))
             self.notifier.status(self._status_line(core))
             try:
-                await core.nodes.heartbeat(self.node, self.clock.wall_ms())
+                # Proves this node alive, measures its clock skew, and marks the runs of nodes
+                # that stopped beating abandoned (SPEC §14: at every heartbeat).
+                await core.heartbeat.beat()
             except Exception as exc:  # noqa: BLE001 - a busy DB must not kill the heartbeat
                 log.warning("heartbeat.failed", error=type(exc).__name__)
 

@@ -103,12 +103,3 @@ class Health:
         """Call ``listener(up)`` now and on every change of :attr:`database_up`."""
         self._database_listeners.append(listener)
         listener(self._database_up)
-
-    def problems(self) -> list[str]:
-        """What is wrong with the dependencies now, one sentence each (empty when all answer)."""
-        out = []
-        if not self._database_up:
-            out.append(f"database down: {self.database_error}")
-        if self.redis_configured and not self._redis_up:
-            out.append("redis down")
-        return out

@@ -221,11 +221,28 @@ SCHEMAS: dict[str, Schema] = {
             "startedAt": _TIME,
             "uptimeS": {"type": "number", "minimum": 0},
             "state": {"enum": ["ok", "degraded"]},
-            "degradedReasons": {
+            "reasons": {
                 "type": "array",
                 "items": _STR,
-                "description": "why the state is degraded (empty when ok): a dependency down, "
-                "with its reason, or a job overdue",
+                "description": "why the state is degraded (empty when ok): the database or Redis "
+                "down (with the reason), a job overdue, a skewed clock",
+            },
+            "nodes": {
+                "type": "array",
+                "description": "the live nodes on this state, from the heartbeat table",
+                "items": _obj(
+                    {
+                        "node": _STR,
+                        "version": _STR,
+                        "startedAt": _TIME,
+                        "heartbeatAt": _TIME,
+                        "skewMs": {
+                            "type": ["integer", "null"],
+                            "description": "its wall clock minus the database server's, "
+                            "in ms (null on SQLite, whose clock is the host's: not applicable)",
+                        },
+                    }
+                ),
             },
             "locks": _obj(
                 {"backend": _STR, "redis": {"enum": ["up", "down", "unconfigured"]}}, extra=True

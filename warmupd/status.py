@@ -12,9 +12,10 @@ from warmupd.cache import CacheStore
 from warmupd.clock import Clock, ms_to_iso
 from warmupd.errors import DatabaseUnavailable
 from warmupd.health import Health
+from warmupd.heartbeat import Heartbeat
 from warmupd.jobs.ondemand import OnDemand
 from warmupd.jobs.service import JobsService
-from warmupd.runs import NodeStore, RunStore
+from warmupd.runs import NodeInfo, NodeStore, RunStore
 from warmupd.scheduler_loop import Scheduler
 from warmupd.state.backends import STATE_ERRORS, StateBackend, describe_database
 
@@ -56,15 +57,18 @@ class StatusService:
         started_ms: int,
         nodes: NodeStore | None = None,
         node_stale_ms: Callable[[], int] = lambda: 180_000,
+        heartbeat: Heartbeat | None = None,
         health: Health | None = None,
     ) -> None:
         self.db = db
         self.health = health or Health(redis_configured=False)
         # What the database said last; shown (not re-read) while it is down.
         self._last_jobs: list[dict[str, Any]] = []
+        self._last_nodes: list[NodeInfo] = []
         self._schema_version: int | None = None
         self.nodes = nodes
         self.node_stale_ms = node_stale_ms
+        self.heartbeat = heartbeat
         self._counts: tuple[int, dict[str, int]] | None = None
         self._counting: asyncio.Task[dict[str, int]] | None = None
         self.runs = runs
@@ -120,10 +124,17 @@ class StatusService:
 
     async def live_nodes(self) -> list[str]:
         """Every process with a recent heartbeat on this state, this one included."""
+        return sorted(n.node for n in await self.node_list())
+
+    async def node_list(self) -> list[NodeInfo]:
+        """The live nodes from the heartbeat table (SPEC §14), this one included even when its
+        first beat is not in the table yet."""
+        skew = self.heartbeat.skew_ms if self.heartbeat is not None else None
+        me = NodeInfo(self.node, __version__, self.started_ms, self.clock.wall_ms(), skew)
         if self.nodes is None:
-            return [self.node]
-        alive = await self.nodes.alive(self.clock.wall_ms() - self.node_stale_ms())
-        return sorted(alive | {self.node})
+            return [me]
+        live = await self.nodes.live(self.clock.wall_ms() - self.node_stale_ms())
+        return live if any(n.node == self.node for n in live) else [*live, me]
 
     async def _count_cache(self, now_ms: int) -> dict[str, int]:
         cache = await self.cache.totals(now_ms)
@@ -150,36 +161,51 @@ class StatusService:
     async def status(self) -> dict[str, Any]:
         """SPEC §9 ``GET /api/status``; answers ``degraded`` with its reasons while the DB is down.
 
-        Without the database, the job list and schema version are the last ones read (the
+        Without the database, the job list, nodes and schema version are the last ones read (the
         document says the database is down, and why), the cache counts the last ones counted.
         """
         now = self.clock.wall_ms()
         try:
             cache = await self.cache_counts(now)
             jobs = self._last_jobs = await self.jobs(now)
+            nodes = self._last_nodes = await self.node_list()
             self._schema_version = await self.db.schema_version()
         except DatabaseUnavailable:
             cache = self._counts[1] if self._counts else {"fresh": 0, "stale": 0, "expired": 0}
-            jobs = self._last_jobs
+            jobs, nodes = self._last_jobs, self._last_nodes
         locks = self._lock_state()
-        reasons = self.health.problems()
-        if locks.redis == "down" and "redis down" not in reasons:
-            reasons.append("redis down")
-        reasons += [f"job {j['name']} overdue" for j in jobs if j["overdue"]]
+        database = self.health.database_error
+        reasons = [f"database: down ({database})"] if database is not None else []
+        if locks.redis == "down":
+            reasons.append("redis: down")
+        reasons += [f"job {j['name']}: overdue" for j in jobs if j["overdue"]]
+        skewed = self.heartbeat.degraded_reason() if self.heartbeat is not None else None
+        if skewed is not None:
+            reasons.append(skewed)
         db: dict[str, Any] = {
             **describe_database(self.db),
             "schemaVersion": self._schema_version or 0,
             "state": self.health.database,
         }
-        if self.health.database_error is not None:
-            db["error"] = self.health.database_error
+        if database is not None:
+            db["error"] = database
         return {
             "version": __version__,
             "node": self.node,
             "startedAt": ms_to_iso(self.started_ms),
             "uptimeS": round((now - self.started_ms) / 1000, 3),
             "state": "degraded" if reasons else "ok",
-            "degradedReasons": reasons,
+            "reasons": reasons,
+            "nodes": [
+                {
+                    "node": n.node,
+                    "version": n.version,
+                    "startedAt": ms_to_iso(n.started_at_ms),
+                    "heartbeatAt": ms_to_iso(n.heartbeat_at_ms),
+                    "skewMs": n.skew_ms,
+                }
+                for n in nodes
+            ],
             "locks": {"backend": locks.backend, "redis": locks.redis},
             "db": db,
             "jobs": jobs,

@@ -13,6 +13,7 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
+from warmupd import __version__
 from warmupd.cache import CacheStore
 from warmupd.clock import Clock
 from warmupd.config import (
@@ -25,6 +26,7 @@ from warmupd.config import (
 )
 from warmupd.errors import ConfigError, DatabaseUnavailable
 from warmupd.health import Health
+from warmupd.heartbeat import Heartbeat
 from warmupd.jobs import build_jobs, node_stale_ms
 from warmupd.jobs.base import Job
 from warmupd.jobs.housekeeping import HousekeepingJob
@@ -44,7 +46,7 @@ from warmupd.producers.insights_builtin import BuiltinInsights
 from warmupd.producers.insights_openai import OpenAIInsights
 from warmupd.producers.swap import SwappableInsights
 from warmupd.reload import split_reload
-from warmupd.runs import NodeStore, RunStore, recover_abandoned
+from warmupd.runs import NodeStore, RunStore
 from warmupd.scheduler import JobSchedule
 from warmupd.state.backends import StateBackend, state_database, watch_database
 from warmupd.state.sqlite import SqliteDatabase
@@ -155,6 +157,7 @@ class Core:
     pool: ProcessPool
     runs: RunStore
     nodes: NodeStore
+    heartbeat: Heartbeat
     cache: CacheStore
     comparisons: ComparisonStore
     warmups: WarmupStore
@@ -259,13 +262,16 @@ async def build_core(
     health = health or new_health(cfg, metrics)
     watch_database(db, health.observe_database)
     nodes, runs = NodeStore(db), RunStore(db)
-    await nodes.heartbeat(node, clock.wall_ms())
-    stack.push_async_callback(_forget_node, nodes, node)
-    abandoned = await recover_abandoned(
-        runs, nodes, self_node=node, now_ms=clock.wall_ms(), stale_after_ms=3 * cfg.locks.lease_ms
+    heartbeat = Heartbeat(
+        nodes=nodes,
+        runs=runs,
+        clock=clock,
+        node=node,
+        version=__version__,
+        stale_ms=lambda: 3 * holder().locks.lease_ms,  # locks.lease reloads
     )
-    if abandoned:
-        log.warning("runs.abandoned", count=len(abandoned), ids=abandoned)
+    stack.push_async_callback(_forget_node, nodes, node)
+    await heartbeat.beat()  # also marks the runs of processes that died abandoned
 
     def observe(backend: str, result: str) -> None:
         metrics.lock_acquisitions.inc(backend=backend, result=result)
@@ -391,6 +397,7 @@ async def build_core(
         pool=pool,
         runs=runs,
         nodes=nodes,
+        heartbeat=heartbeat,
         cache=cache,
         comparisons=comparisons,
         warmups=warmups,

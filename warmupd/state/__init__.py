@@ -38,6 +38,10 @@ class Dialect:
     is_distinct: str
     """The NULL-safe "differs": SQLite's ``IS NOT`` (older SQLite lacks ``IS DISTINCT FROM``),
     PostgreSQL's ``IS DISTINCT FROM`` (its ``IS NOT`` takes only NULL, TRUE or FALSE)."""
+    clock_ms: str | None
+    """The database server's wall clock now, in integer epoch milliseconds (an SQL expression):
+    the clock every node's skew is measured against (SPEC §14). None when the database has no
+    clock of its own: a SQLite file's is the host's, the one its processes already read."""
 
 
 class Statements(Protocol):

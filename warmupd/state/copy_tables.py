@@ -30,8 +30,9 @@ def _names(text: str) -> tuple[str, ...]:
     return tuple(text.split())
 
 
-COPY_SCHEMA_VERSION = 3
-"""The schema version :data:`TABLES` and :data:`NOT_COPIED` describe."""
+COPY_SCHEMA_VERSION = 4
+"""The schema version :data:`TABLES` and :data:`NOT_COPIED` describe (v4 added columns to ``nodes``
+only, which is not copied)."""
 
 TABLES: tuple[Table, ...] = (
     # First: the one table that can refuse halfway (a foreign run under a copied id); the rest is

@@ -31,7 +31,12 @@ from warmupd.state.postgres_schema import MIGRATION_LOCK_KEY, MIGRATIONS
 from warmupd.state.postgres_schema import SCHEMA_VERSION as SCHEMA_VERSION  # re-exported
 
 POSTGRES = Dialect(
-    name="postgresql", greatest="greatest", nulls_last=" NULLS LAST", is_distinct="IS DISTINCT FROM"
+    name="postgresql",
+    greatest="greatest",
+    nulls_last=" NULLS LAST",
+    is_distinct="IS DISTINCT FROM",
+    # clock_timestamp(), not now(): now() is the start of the transaction, not of this statement.
+    clock_ms="(extract(epoch FROM clock_timestamp()) * 1000)::bigint",
 )
 
 DRIVER_ERRORS: tuple[type[BaseException], ...] = (asyncpg.PostgresError, asyncpg.InterfaceError)

@@ -137,5 +137,10 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             )
         ),
     ),
+    # v4: what /api/status shows of each live node: its warmupd version, its measured clock skew.
+    (
+        "ALTER TABLE nodes ADD COLUMN version TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE nodes ADD COLUMN skew_ms BIGINT",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
