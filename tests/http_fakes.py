@@ -71,6 +71,7 @@ class FakeStatus:
                 "path": "/var/lib/warmupd/warmupd.db",
                 "sizeBytes": 40960,
                 "schemaVersion": 4,
+                "state": "up",
             },
             "jobs": [{"name": name, "running": None} for name in KNOWN_JOBS],
             "onDemand": {"inFlight": 1, "queued": 2},

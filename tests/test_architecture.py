@@ -42,6 +42,7 @@ LAYERS: dict[str, int] = {
     "store": 2,
     "cache": 2,
     "cli_common": 7,
+    "cli_check": 7,
     "cli_remote": 7,
     "runs": 2,
     "importer": 2,
@@ -69,6 +70,7 @@ LAYERS: dict[str, int] = {
     # L6: composition root
     "daemon": 6,
     "wiring": 6,
+    "startup": 6,  # waiting for the state database (serves /healthz meanwhile)
     # L7: command line
     "client": 7,
     "cli": 7,
@@ -84,7 +86,7 @@ SEAMS: dict[str, set[str]] = {
     "pandas": {"producers.forecast"},
     "aiosqlite": {"state.sqlite"},
     "asyncpg": {"state.postgres"},
-    "aiohttp.web": {"http", "daemon", "wiring", "ui.routes"},
+    "aiohttp.web": {"http", "daemon", "wiring", "startup", "ui.routes"},
     "jinja2": {"ui.templating"},
 }
 

@@ -14,60 +14,16 @@ import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from warmupd import __version__
+from warmupd.cli_check import cmd_check_config
 from warmupd.cli_common import RUN_EXIT, _load, _run_async
 from warmupd.cli_remote import cmd_runs, cmd_status, cmd_trigger, cmd_warmup
 from warmupd.clock import SystemClock
 from warmupd.config import Config, load_config
-from warmupd.config_values import describe
 from warmupd.errors import UsageError, WarmupdError, exit_code_for
 
 # --------------------------------------------------------------------------- commands
-
-
-def cmd_check_config(args: argparse.Namespace) -> int:
-    """Validate the config; print the effective config and the next fires of every job."""
-    from warmupd.config_checks import warnings_for
-    from warmupd.scheduler import describe_next_fires
-
-    cfg = _load(args)
-    warnings = warnings_for(cfg)
-    for warning in warnings:
-        print(f"warning: {warning}", file=sys.stderr)
-    now_ms = SystemClock().wall_ms()
-    fires = {
-        name: describe_next_fires(job.schedule, job.timezone, now_ms, 3)
-        for name, job in cfg.jobs.items()
-    }
-    if args.json:
-        doc = {
-            "config": describe(cfg),
-            "nextFires": {name: [utc for utc, _ in pairs] for name, pairs in fires.items()},
-            "warnings": warnings,
-        }
-        print(json.dumps(doc, indent=2))
-        return 0
-    print(f"config OK: {cfg.source or '(embedded defaults)'}")
-    _print_tree(describe(cfg))
-    print("next fires:")
-    for name, pairs in fires.items():
-        job = cfg.jobs[name]
-        state = "" if job.enabled else " (disabled)"
-        print(f"  {name} [{job.schedule} {job.timezone}]{state}")
-        for utc, local in pairs:
-            print(f"    {utc}   {local}")
-    return 0
-
-
-def _print_tree(tree: dict[str, Any], indent: str = "") -> None:
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            print(f"{indent}[{key}]")
-            _print_tree(value, indent + "  ")
-        else:
-            print(f"{indent}{key} = {json.dumps(value)}")
 
 
 def cmd_calendar(args: argparse.Namespace) -> int:
@@ -339,6 +295,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("check-config", cmd_check_config, "validate the config and show the next fires")
     p.add_argument("--json", action="store_true", help="one JSON object for scripts")
+    p.add_argument(
+        "--offline",
+        action="store_true",
+        help="do not connect to a configured PostgreSQL (by default it is checked: reachable, "
+        "credentials accepted, schema not newer than this warmupd)",
+    )
     p.add_argument(
         "--credentials-directory",
         metavar="DIR",

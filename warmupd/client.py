@@ -208,12 +208,16 @@ def status_text(doc: dict[str, Any]) -> str:
     db = doc.get("db", {})
     cache = doc.get("cache", {})
     on_demand = doc.get("onDemand", {})
+    where = (
+        f"{db.get('url')}  {db.get('state', 'up')}"
+        if db.get("engine") == "postgresql"
+        else f"{db.get('path')}  {db.get('sizeBytes')} bytes"
+    )
     lines = [
         f"warmupd {doc.get('version')}  node {doc.get('node')}  state {doc.get('state')}",
         f"started   {doc.get('startedAt')}  (up {doc.get('uptimeS')} s)",
         f"locks     {locks.get('backend')}  redis {locks.get('redis')}",
-        f"db        {db.get('path') or db.get('url')}  {db.get('sizeBytes')} bytes  "
-        f"schema v{db.get('schemaVersion')}",
+        f"db        {where}  schema v{db.get('schemaVersion')}",
         f"cache     fresh {cache.get('fresh')}  stale {cache.get('stale')}  "
         f"expired {cache.get('expired')}",
         f"on-demand in flight {on_demand.get('inFlight')}  queued {on_demand.get('queued')}",

@@ -224,7 +224,8 @@ SCHEMAS: dict[str, Schema] = {
             "reasons": {
                 "type": "array",
                 "items": _STR,
-                "description": "why the state is degraded (empty when ok)",
+                "description": "why the state is degraded (empty when ok): the database or Redis "
+                "down (with the reason), a job overdue, a skewed clock",
             },
             "nodes": {
                 "type": "array",
@@ -253,8 +254,13 @@ SCHEMAS: dict[str, Schema] = {
                     "url": _STR,
                     "sizeBytes": _COUNT,
                     "schemaVersion": _INT,
+                    "state": {"enum": ["up", "down"]},
+                    "error": {
+                        "type": "string",
+                        "description": "while down: why, naming the database (never a password)",
+                    },
                 },
-                required=["engine", "schemaVersion"],
+                required=["engine", "schemaVersion", "state"],
                 extra=True,
             ),
             "jobs": {"type": "array"},

@@ -24,7 +24,7 @@ from warmupd.config import (
     Config,
     load_config,
 )
-from warmupd.errors import ConfigError
+from warmupd.errors import ConfigError, DatabaseUnavailable
 from warmupd.health import Health
 from warmupd.heartbeat import Heartbeat
 from warmupd.jobs import build_jobs, node_stale_ms
@@ -48,7 +48,7 @@ from warmupd.producers.swap import SwappableInsights
 from warmupd.reload import split_reload
 from warmupd.runs import NodeStore, RunStore
 from warmupd.scheduler import JobSchedule
-from warmupd.state.backends import StateBackend, state_database
+from warmupd.state.backends import StateBackend, state_database, watch_database
 from warmupd.state.sqlite import SqliteDatabase
 from warmupd.status import LockState
 from warmupd.store import ComparisonStore, WarmupStore
@@ -220,6 +220,23 @@ def check_lock_backend(cfg: Config) -> None:
         )
 
 
+def new_health(cfg: Config, metrics: Metrics, *, database_up: bool = True) -> Health:
+    """The one health state, with the metrics following it synchronously (SPEC §17)."""
+    health = Health(redis_configured=bool(cfg.redis.url), database_up=database_up)
+    # The metrics follow the health state synchronously, so they never lag status or readyz.
+    health.subscribe(lambda up: metrics.redis_up.set(1 if up else 0))
+    health.subscribe_database(lambda up: metrics.database_up.set(1 if up else 0))
+    return health
+
+
+async def _forget_node(nodes: NodeStore, node: str) -> None:
+    try:
+        await nodes.remove(node)
+    except DatabaseUnavailable as exc:
+        # Stopping with the database gone: the row ages out; others see the heartbeat stop.
+        log.warning("node.remove_failed", error=exc.message)
+
+
 async def build_core(
     stack: AsyncExitStack,
     holder: ConfigHolder,
@@ -228,13 +245,22 @@ async def build_core(
     node: str,
     metrics: Metrics,
     on_progress: Progress | None = None,
+    db: StateBackend | None = None,
+    health: Health | None = None,
 ) -> Core:
-    """Open the DB, recover abandoned runs, pick the lock backend and wire the jobs layer."""
+    """Open the DB, recover abandoned runs, pick the lock backend and wire the jobs layer.
+
+    ``db`` may come already open (``serve`` waits for PostgreSQL itself, SPEC §14); ``health``
+    is then the state that waiting already reported to.
+    """
     cfg = holder()
     check_lock_backend(cfg)
-    db: StateBackend = state_database(cfg.database, cfg.daemon.db_path)
-    await db.open()
+    if db is None:
+        db = state_database(cfg.database, cfg.daemon.db_path)
+        await db.open()
     stack.push_async_callback(db.close)
+    health = health or new_health(cfg, metrics)
+    watch_database(db, health.observe_database)
     nodes, runs = NodeStore(db), RunStore(db)
     heartbeat = Heartbeat(
         nodes=nodes,
@@ -244,15 +270,12 @@ async def build_core(
         version=__version__,
         stale_ms=lambda: 3 * holder().locks.lease_ms,  # locks.lease reloads
     )
-    stack.push_async_callback(nodes.remove, node)
+    stack.push_async_callback(_forget_node, nodes, node)
     await heartbeat.beat()  # also marks the runs of processes that died abandoned
 
     def observe(backend: str, result: str) -> None:
         metrics.lock_acquisitions.inc(backend=backend, result=result)
 
-    health = Health(redis_configured=bool(cfg.redis.url))
-    # The metric follows the health state synchronously, so it can never lag status or readyz.
-    health.subscribe(lambda up: metrics.redis_up.set(1 if up else 0))
     sqlite_locks: SqliteLocks | None = None
     redis_locks: RedisLocks | None = None
     fallback = None
@@ -354,7 +377,10 @@ async def build_core(
     )
 
     async def scrape_cache() -> None:
-        counts = await cache.counts(clock.wall_ms())
+        try:
+            counts = await cache.counts(clock.wall_ms())
+        except DatabaseUnavailable:
+            return  # the last counts stay; warmupd_database_up says why they do not move
         metrics.cache_entries.replace({key: float(n) for key, n in counts.items()})
 
     metrics.add_scrape_hook(scrape_cache)

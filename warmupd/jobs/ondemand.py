@@ -24,7 +24,7 @@ from typing import Any
 
 from warmupd.clock import Clock
 from warmupd.config import JOB_ON_DEMAND, Config
-from warmupd.errors import NotFound, QueueFull, StaleDataHash, WarmupdError
+from warmupd.errors import DatabaseUnavailable, NotFound, QueueFull, StaleDataHash, WarmupdError
 from warmupd.jobs.base import Fencing, ItemResult
 from warmupd.jobs.parts import PARTS, Warmer
 from warmupd.jobs.slots import Slots
@@ -232,6 +232,8 @@ class OnDemand:
                     )
                 )
             raise
+        except DatabaseUnavailable as exc:  # its record could not be written: no bug to trace
+            log.warning("ondemand.database_unavailable", slug=flight.slug, error=exc.message)
         except Exception:
             log.exception("ondemand.error", slug=flight.slug)
         finally:
