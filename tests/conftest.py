@@ -6,12 +6,15 @@ import os
 import socket
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import settings
 
 from tests.daemon_support import DaemonProcess
 from tests.fakes import FakeClock
+from tests.lock_support import REDIS_URL, delete_prefix, new_prefix, require_redis
+from tests.pg_private import PrivatePostgres
 from warmupd.state.sqlite import SqliteDatabase
 
 # Property tests: in CI the same examples every run (derandomized, no example database), so a
@@ -50,3 +53,29 @@ def blackhole() -> Iterator[str]:
     sock.listen(64)
     yield f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
     sock.close()
+
+
+@pytest.fixture
+def private_pg() -> Iterator[PrivatePostgres]:
+    """A private PostgreSQL the test may stop and start (never the machine's); always removed."""
+    server = PrivatePostgres()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture
+def pg_lock_config() -> Iterator[dict[str, Any]]:
+    """The lock setup of daemons on PostgreSQL: the one switch for every such test.
+
+    Redis under a fresh key prefix (deleted afterwards) until PostgreSQL lease rows land (branch
+    pglocks); after that merge this may become ``{}`` (locks in the database).
+    """
+    require_redis()
+    prefix = new_prefix()
+    try:
+        yield {"redis": {"url": REDIS_URL, "key_prefix": prefix}}
+    finally:
+        delete_prefix(prefix)

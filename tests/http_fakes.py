@@ -55,12 +55,23 @@ class FakeStatus:
             "startedAt": ms_to_iso(NOW_MS),
             "uptimeS": 12.5,
             "state": "ok",
+            "reasons": [],
+            "nodes": [
+                {
+                    "node": "host:1:abcdef",
+                    "version": "0.1.0",
+                    "startedAt": ms_to_iso(NOW_MS),
+                    "heartbeatAt": ms_to_iso(NOW_MS),
+                    "skewMs": 0,
+                }
+            ],
             "locks": {"backend": "sqlite", "redis": "unconfigured"},
             "db": {
                 "engine": "sqlite",
                 "path": "/var/lib/warmupd/warmupd.db",
                 "sizeBytes": 40960,
-                "schemaVersion": 3,
+                "schemaVersion": 4,
+                "state": "up",
             },
             "jobs": [{"name": name, "running": None} for name in KNOWN_JOBS],
             "onDemand": {"inFlight": 1, "queued": 2},

@@ -26,6 +26,8 @@ LAYERS: dict[str, int] = {
     "state.sqlite": 1,
     "state.postgres": 1,
     "state.backends": 1,
+    "state.copy": 1,  # copy-state: picks backends by URL like state.backends
+    "state.copy_tables": 1,
     "schemas": 1,
     "metrics": 1,
     "health": 1,
@@ -40,6 +42,7 @@ LAYERS: dict[str, int] = {
     "store": 2,
     "cache": 2,
     "cli_common": 7,
+    "cli_check": 7,
     "cli_remote": 7,
     "runs": 2,
     "importer": 2,
@@ -47,6 +50,7 @@ LAYERS: dict[str, int] = {
     "locks": 2,
     "pauses": 2,
     "scheduler_loop": 2,
+    "heartbeat": 2,
     # L3: lock backends
     "locks.sqlite": 3,
     "locks.redis": 3,
@@ -67,6 +71,7 @@ LAYERS: dict[str, int] = {
     # L6: composition root
     "daemon": 6,
     "wiring": 6,
+    "startup": 6,  # waiting for the state database (serves /healthz meanwhile)
     # L7: command line
     "client": 7,
     "cli": 7,
@@ -82,7 +87,7 @@ SEAMS: dict[str, set[str]] = {
     "pandas": {"producers.forecast"},
     "aiosqlite": {"state.sqlite"},
     "asyncpg": {"state.postgres"},
-    "aiohttp.web": {"http", "daemon", "wiring", "ui.routes"},
+    "aiohttp.web": {"http", "daemon", "wiring", "startup", "ui.routes"},
     "jinja2": {"ui.templating"},
 }
 

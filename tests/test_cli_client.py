@@ -42,6 +42,9 @@ def test_status_table(capsys: pytest.CaptureFixture[str], server: tuple[str, Fak
     assert "redis unconfigured" in out
     assert "JOB" in out
     assert "warmup-forecasts" in out
+    assert "NODE" in out  # the live nodes (SPEC §14), with version and clock skew
+    assert "SKEW MS" in out
+    assert "host:1:abcdef" in out
 
 
 def test_status_json(capsys: pytest.CaptureFixture[str], server: tuple[str, FakeServices]) -> None:

@@ -5,9 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 import signal
-import socket
 import sqlite3
-import threading
 import time
 from pathlib import Path
 
@@ -15,6 +13,7 @@ import pytest
 
 from tests.daemon_support import (
     DaemonProcess,
+    NotifyListener,
     load_demo,
     wait_until,
 )
@@ -40,37 +39,6 @@ def run_row(db_path: Path, run_id: int) -> sqlite3.Row:
         return conn.execute("SELECT * FROM job_runs WHERE id = ?", (run_id,)).fetchone()
     finally:
         conn.close()
-
-
-class NotifyListener:
-    """A ``$NOTIFY_SOCKET`` datagram socket collecting what the daemon sends."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(path))
-        self.sock.settimeout(0.2)
-        self.messages: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-        self._thread.start()
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.messages.append(self.sock.recv(4096).decode())
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=2)
-        self.sock.close()
-
-    def seen(self, prefix: str) -> bool:
-        return any(m.startswith(prefix) for m in self.messages)
 
 
 def test_sd_notify_sequence(tmp_path: Path, daemons: list[DaemonProcess]) -> None:

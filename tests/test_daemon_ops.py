@@ -42,6 +42,7 @@ SPEC_METRICS = (
     "warmupd_http_request_duration_seconds",
     "warmupd_event_loop_lag_seconds",
     "warmupd_redis_up",
+    "warmupd_database_up",
 )
 
 

@@ -8,14 +8,16 @@ Time is a :class:`FakeClock`: the run's lease renewal happens exactly when the t
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.fakes import FakeClock
-from tests.inprocess import J, in_process, metric
+from tests.inprocess import J, W, in_process, metric
 from tests.lock_support import PrivateRedis
+from tests.pg_private import PrivatePostgres
 from warmupd.health import Health
 
 pytestmark = pytest.mark.slow
@@ -109,3 +111,70 @@ def test_health_calls_listeners_on_change_only_and_ignores_an_unconfigured_redis
     off.subscribe(seen.append)
     assert off.observe_redis(False) is False
     assert (off.redis, off.redis_up, seen) == ("unconfigured", False, [True, False, True])
+
+
+async def db_views(client: Any) -> tuple[dict[str, Any], int, dict[str, Any], float | None]:
+    """Status, readyz and ``warmupd_database_up``, read back to back with no sleep."""
+    status = await (await client.get("/api/status")).json()
+    ready = await client.get("/readyz")
+    return status, ready.status, await ready.json(), await metric(client, "warmupd_database_up")
+
+
+async def test_database_lost_during_a_warmup_all_views_agree_and_nothing_is_traced(
+    tmp_path: Path,
+    aiohttp_client: Any,
+    private_pg: PrivatePostgres,
+    pg_lock_config: dict[str, Any],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Now, not a fixed instant: the heartbeat compares the wall clock with the database server's.
+    clock = FakeClock(wall_ms=int(time.time() * 1000))
+    config = {"database": {"url": private_pg.url(), "connect_timeout": "2s"}, **pg_lock_config}
+    async with in_process(tmp_path, aiohttp_client, config, clock=clock, gated=True) as d:
+        status, ready, body, up = await db_views(d.client)
+        assert (status["state"], status["db"]["state"], ready, body["db"], up) == (
+            "ok",
+            "up",
+            200,
+            "ok",
+            1,
+        )
+        series = [
+            {"date": f"2025-01-{day:02d}", "tea": day, "coffee": 40 - day} for day in range(1, 29)
+        ]
+        put = await d.client.put(
+            "/api/comparisons/tea-vs-coffee",
+            json={"terms": ["tea", "coffee"], "timeframe": "today 1-m", "series": series},
+            headers=J,
+        )
+        assert put.status == 201, await put.text()
+        ask = await d.client.post(
+            "/api/comparison/warmup", json={"slug": "tea-vs-coffee"}, headers=W
+        )
+        assert ask.status == 202, await ask.text()
+        await d.cpu.entered.wait()  # the warmup computes, holding its lease
+        (warmup,) = [t for t in asyncio.all_tasks() if t.get_name() == "warmup:tea-vs-coffee"]
+
+        learned = asyncio.Event()
+        d.core.health.subscribe_database(lambda database_up: None if database_up else learned.set())
+        await asyncio.to_thread(private_pg.stop)
+        assert d.cpu.gate is not None
+        d.cpu.gate.set()  # the computation ends; its write goes to the stopped server
+        await learned.wait()  # the failed statement has just been reported; nothing else ran
+
+        status, ready, body, up = await db_views(d.client)
+        assert (status["state"], status["db"]["state"], ready, up) == ("degraded", "down", 503, 0)
+        assert status["db"]["error"].startswith(f"cannot connect to {private_pg.url()}")
+        assert body["db"] == f"unavailable ({status['db']['error']})"
+        answer = await d.client.get("/api/comparison/tea-vs-coffee/status")
+        assert (answer.status, (await answer.json())["error"]) == (503, "unavailable")
+        await asyncio.wait({warmup}, timeout=30)  # it ends (its record waits for no one)
+        assert warmup.done()
+        assert not d.core.on_demand.in_flight()
+
+        await asyncio.to_thread(private_pg.start)
+        await d.core.db.fetchone("SELECT 1")  # the next statement that answers flips every view
+        status, ready, body, up = await db_views(d.client)
+        assert (status["state"], status["db"]["state"], ready, up) == ("ok", "up", 200, 1)
+    traced = [r for r in caplog.records if r.exc_info]
+    assert traced == [], [r.getMessage() for r in traced]

@@ -332,20 +332,6 @@ async def test_on_demand_queue_bound_and_bad_requests(world: World) -> None:
     world.cpu.gate.set()
 
 
-async def test_on_demand_is_single_flight_across_processes(world: World) -> None:
-    now = world.clock.wall_ms()
-    c = comparison("shared")
-    await world.comparisons.upsert(c, now)
-    held = await world.other_locks.acquire(f"warmup:on-demand:shared:{c.data_hash}", 60_000)
-    assert held.__class__.__name__ == "Acquired"
-    await world.on_demand.request("shared", None)
-    while world.on_demand.flight_state("shared", c.data_hash) is not None:
-        await asyncio.sleep(0.01)
-    assert world.cpu.calls == []
-    (record,) = await world.runs.list_runs(job="warmup-on-demand", limit=5)
-    assert (record.status, record.reason) == (RunStatus.SKIPPED, "locked_elsewhere")
-
-
 async def test_pack_reports_missing_schedules_warmup_and_serves_stale(world: World) -> None:
     now = world.clock.wall_ms()
     c = comparison("pack-me")

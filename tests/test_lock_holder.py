@@ -79,7 +79,10 @@ async def test_held_names_the_node_then_the_run_and_only_the_owner_can_tag(
     if isinstance(b, RedisLocks):
         raw = aioredis.Redis.from_url(REDIS_URL)
         try:
-            assert await raw.exists(b.holder_key(KEY)) == 0  # released with the lock
+            # One key per lease: the holder lives in the lock value, gone with the lock.
+            assert await raw.exists(b.lock_key(KEY)) == 0
+            assert await raw.keys(f"*{KEY}*") == [raw_fence := b.fence_counter_key(KEY).encode()]
+            assert raw_fence.endswith(b":fence")
         finally:
             await raw.aclose()
 

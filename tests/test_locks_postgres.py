@@ -196,3 +196,29 @@ async def test_purge_waits_for_an_acquire_in_flight(
         await wait_for_condition(purge_waits_on_the_table_lock)
         assert not purge.done()
     assert await purge == (0, 0)  # 'k' is the greatest fence: kept
+
+
+async def test_a_release_that_missed_the_server_is_retried_until_it_lands(
+    pg: tuple[PostgresDatabase, PostgresDatabase], pg_url: str
+) -> None:
+    """A run that ends while the database is away frees its key once the database is back, not
+    a whole lease later."""
+    _, db_b = pg
+    clock = FakeClock()
+    db = PostgresDatabase(pg_url)
+    await db.open()
+    locks = PostgresLocks(db, clock, "a")
+    try:
+        lease = lease_of(await locks.acquire(KEY, LEASE_MS))
+        await db.close()  # the server is out of reach
+        with pytest.raises(ServiceUnavailable):
+            await locks.release(lease)
+        await db.open(migrate=False)  # ... and back
+        other = PostgresLocks(db_b, clock, "b")
+        assert isinstance(await other.acquire(KEY, LEASE_MS), Held)
+        await clock.advance(0.25)  # the first retry
+        await wait_for_condition(lambda: not locks._retries)
+        lease_of(await other.acquire(KEY, LEASE_MS))
+    finally:
+        await locks.close()
+        await db.close()

@@ -208,6 +208,7 @@ SPEC_METRICS = {
     "warmupd_http_request_duration_seconds": ("histogram", {"route"}),
     "warmupd_event_loop_lag_seconds": ("histogram", set()),
     "warmupd_redis_up": ("gauge", set()),
+    "warmupd_database_up": ("gauge", set()),
 }
 
 
@@ -237,6 +238,7 @@ def _exercise(m: Metrics) -> None:
     m.http_request_duration.observe(0.0031, route="/api/comparison/{slug}")
     m.event_loop_lag.observe(0.0002)
     m.redis_up.set(1)
+    m.database_up.set(1)
 
 
 def test_metrics_declares_exactly_the_spec_metrics() -> None:

@@ -102,6 +102,18 @@ def test_messages_arrive_exactly_and_in_order(which: str, request: pytest.Fixtur
     assert _drain(sock) == []
 
 
+def test_waiting_extends_the_start_timeout_in_the_status_datagram(
+    path_socket: tuple[str, socket.socket],
+) -> None:
+    address, sock = path_socket
+    notifier = SystemdNotifier({"NOTIFY_SOCKET": address})
+    assert notifier.waiting("waiting for the state database\nREADY=1", 33.5)
+    notifier.close()
+    assert sock.recv(4096) == (
+        b"STATUS=waiting for the state database READY=1\nEXTEND_TIMEOUT_USEC=33500000"
+    )
+
+
 def test_status_newlines_cannot_inject_assignments(path_socket: tuple[str, socket.socket]) -> None:
     address, sock = path_socket
     notifier = SystemdNotifier({"NOTIFY_SOCKET": address})

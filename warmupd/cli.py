@@ -14,60 +14,16 @@ import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from warmupd import __version__
+from warmupd.cli_check import cmd_check_config
 from warmupd.cli_common import RUN_EXIT, _load, _run_async
 from warmupd.cli_remote import cmd_runs, cmd_status, cmd_trigger, cmd_warmup
 from warmupd.clock import SystemClock
 from warmupd.config import Config, load_config
-from warmupd.config_values import describe
 from warmupd.errors import UsageError, WarmupdError, exit_code_for
 
 # --------------------------------------------------------------------------- commands
-
-
-def cmd_check_config(args: argparse.Namespace) -> int:
-    """Validate the config; print the effective config and the next fires of every job."""
-    from warmupd.config_checks import warnings_for
-    from warmupd.scheduler import describe_next_fires
-
-    cfg = _load(args)
-    warnings = warnings_for(cfg)
-    for warning in warnings:
-        print(f"warning: {warning}", file=sys.stderr)
-    now_ms = SystemClock().wall_ms()
-    fires = {
-        name: describe_next_fires(job.schedule, job.timezone, now_ms, 3)
-        for name, job in cfg.jobs.items()
-    }
-    if args.json:
-        doc = {
-            "config": describe(cfg),
-            "nextFires": {name: [utc for utc, _ in pairs] for name, pairs in fires.items()},
-            "warnings": warnings,
-        }
-        print(json.dumps(doc, indent=2))
-        return 0
-    print(f"config OK: {cfg.source or '(embedded defaults)'}")
-    _print_tree(describe(cfg))
-    print("next fires:")
-    for name, pairs in fires.items():
-        job = cfg.jobs[name]
-        state = "" if job.enabled else " (disabled)"
-        print(f"  {name} [{job.schedule} {job.timezone}]{state}")
-        for utc, local in pairs:
-            print(f"    {utc}   {local}")
-    return 0
-
-
-def _print_tree(tree: dict[str, Any], indent: str = "") -> None:
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            print(f"{indent}[{key}]")
-            _print_tree(value, indent + "  ")
-        else:
-            print(f"{indent}{key} = {json.dumps(value)}")
 
 
 def cmd_calendar(args: argparse.Namespace) -> int:
@@ -118,6 +74,26 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         return 0
 
     return _run_async(go())
+
+
+def cmd_copy_state(args: argparse.Namespace) -> int:
+    """Copy a state to another backend (SPEC §14): a bar per table on a terminal, counts at the end."""
+    from warmupd.state.copy import TerminalProgress, copy_state, parse_location
+
+    source, target = parse_location("--from", args.source), parse_location("--to", args.target)
+    counts = _run_async(
+        copy_state(
+            source,
+            target,
+            now_ms=SystemClock().wall_ms(),
+            configured=lambda: _load(args).database,
+            force=args.force,
+            progress=TerminalProgress(sys.stderr) if sys.stderr.isatty() else None,
+            warn=lambda message: print(f"warning: {message}", file=sys.stderr),
+        )
+    )
+    print("\n".join(count.line() for count in counts))
+    return 0
 
 
 def cmd_import(args: argparse.Namespace) -> int:
@@ -279,6 +255,15 @@ def _bounded(lo: int, hi: int) -> Callable[[str], int]:
     return parse
 
 
+COPY_STATE_HELP = """URL: postgresql://user[:password]@host[:port]/dbname (or postgres://), or a SQLite
+file: a path, or sqlite:///absolute/path. Without a password in the URL, a URL equal to the
+configured [database] url uses the daemon's password (credential, file, env; -c as for serve),
+else $PGPASSWORD or ~/.pgpass. Passwords are never printed. Copies comparisons, cache entries
+(fences kept), runs (ids kept), schedule state and pauses; never locks, fire claims or nodes. Rows
+are upserted on their keys, nothing is deleted: running it again copies nothing new. Stop the
+daemons first: it refuses while a daemon heartbeats on --to (--force overrides)."""
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests and docs)."""
     parser = argparse.ArgumentParser(
@@ -311,6 +296,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("check-config", cmd_check_config, "validate the config and show the next fires")
     p.add_argument("--json", action="store_true", help="one JSON object for scripts")
     p.add_argument(
+        "--offline",
+        action="store_true",
+        help="do not connect to a configured PostgreSQL (by default it is checked: reachable, "
+        "credentials accepted, schema not newer than this warmupd)",
+    )
+    p.add_argument(
         "--credentials-directory",
         metavar="DIR",
         help="read secrets as the service does, from DIR/job_secret and DIR/warmup_secret "
@@ -318,6 +309,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     add("migrate", cmd_migrate, "apply pending schema migrations")
+
+    p = add(
+        "copy-state", cmd_copy_state, "copy a state to another database (SQLite <-> PostgreSQL)"
+    )
+    p.epilog = COPY_STATE_HELP
+    p.add_argument("--from", dest="source", required=True, metavar="URL", help="the state to copy")
+    p.add_argument("--to", dest="target", required=True, metavar="URL", help="where to (migrated)")
+    p.add_argument("--force", action="store_true", help="copy even while daemons run on --to")
 
     p = add("import", cmd_import, "bulk upsert comparisons from a JSONL file")
     p.add_argument("file", metavar="FILE.jsonl")

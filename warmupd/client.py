@@ -208,15 +208,26 @@ def status_text(doc: dict[str, Any]) -> str:
     db = doc.get("db", {})
     cache = doc.get("cache", {})
     on_demand = doc.get("onDemand", {})
+    where = (
+        f"{db.get('url')}  {db.get('state', 'up')}"
+        if db.get("engine") == "postgresql"
+        else f"{db.get('path')}  {db.get('sizeBytes')} bytes"
+    )
     lines = [
         f"warmupd {doc.get('version')}  node {doc.get('node')}  state {doc.get('state')}",
         f"started   {doc.get('startedAt')}  (up {doc.get('uptimeS')} s)",
         f"locks     {locks.get('backend')}  redis {locks.get('redis')}",
-        f"db        {db.get('path')}  {db.get('sizeBytes')} bytes  schema v{db.get('schemaVersion')}",
+        f"db        {where}  schema v{db.get('schemaVersion')}",
         f"cache     fresh {cache.get('fresh')}  stale {cache.get('stale')}  "
         f"expired {cache.get('expired')}",
         f"on-demand in flight {on_demand.get('inFlight')}  queued {on_demand.get('queued')}",
     ]
+    lines += [f"degraded  {reason}" for reason in doc.get("reasons", [])]
+    nodes = [n for n in doc.get("nodes", []) if isinstance(n, dict)]
+    if nodes:
+        keys = ["node", "version", "startedAt", "heartbeatAt", "skewMs"]
+        rows = [["-" if n.get(k) is None else str(n[k]) for k in keys] for n in nodes]
+        lines += ["", format_table(["NODE", "VERSION", "STARTED", "HEARTBEAT", "SKEW MS"], rows)]
     jobs = [j for j in doc.get("jobs", []) if isinstance(j, dict)]
     if jobs:
         keys = ["name", "enabled", "nextRunAt", "running"]

@@ -1,7 +1,8 @@
 """The composition root: picks concrete classes, wires them, owns the lifecycle (SPEC §11).
 
 Start-up: load config → open DB, migrate → mark orphaned runs abandoned → connect Redis (non-fatal)
-→ start HTTP → start the scheduler (which runs due misfires) → ``READY=1``. Every component is
+→ start HTTP → start the scheduler (which runs due misfires) → ``READY=1``. A PostgreSQL that does
+not answer yet is waited for, with ``/healthz`` served meanwhile (:mod:`warmupd.startup`). Every component is
 entered into one ``AsyncExitStack`` in start-up order, so shutdown runs in reverse on every path.
 
 SIGTERM/SIGINT walk a small state machine: running → draining (no new HTTP connections, no new
@@ -28,6 +29,7 @@ from aiohttp import web
 from warmupd.clock import Clock, SystemClock, ms_to_iso
 from warmupd.config import Config
 from warmupd.errors import AlreadyRunning, LockedElsewhere, ServiceUnavailable
+from warmupd.heartbeat import interval_s as heartbeat_interval_s
 from warmupd.http import create_app
 from warmupd.jobs.reads import ComparisonService
 from warmupd.jobs.runner import Progress
@@ -43,6 +45,8 @@ from warmupd.metrics import Metrics, loop_lag_monitor
 from warmupd.models import Trigger
 from warmupd.runs import make_node_id
 from warmupd.scheduler_loop import Scheduler
+from warmupd.startup import open_database, probe_database, waiting_app
+from warmupd.state.backends import state_database, watch_database
 from warmupd.status import StatusService
 from warmupd.store import ScheduleStore
 from warmupd.systemd import SystemdNotifier, journal_stream, watchdog_loop
@@ -53,13 +57,13 @@ from warmupd.wiring import (
     ConfigHolder,
     Core,
     build_core,
+    new_health,
     prewarm_pool,
     schedules_of,
 )
 
 log = get_logger("warmupd.daemon")
 
-HEARTBEAT_S = 10.0
 SWITCH_INTERVAL_S = 0.001
 """The GIL switch interval ``serve`` sets (see :func:`serve`)."""
 
@@ -86,6 +90,9 @@ class Daemon:
         self._stop = asyncio.Event()
         self.scheduler: Scheduler | None = None
         self.core: Core | None = None
+        self.health = new_health(config, self.metrics)
+        self._waiting_for_database = False
+        self._waiting: web.AppRunner | None = None
 
     def _transition(self, state: ShutdownState) -> None:
         log.info("daemon.state", previous=self.state.value, state=state.value)
@@ -101,6 +108,10 @@ class Daemon:
         Applies every setting that can change without a restart (:mod:`warmupd.reload`); a
         changed restart-only key is logged and listed in ``/api/status``.
         """
+        if self._waiting_for_database:
+            # Still waiting for the database: no RELOADING=1/READY=1 before the first READY=1.
+            self.holder.reload()
+            return
         self.notifier.reloading()
         old = self.holder()
         new = self.holder.reload()
@@ -125,6 +136,9 @@ class Daemon:
             [j for j in core.runner.job_names() if core.runner.running_run_id(j)] if core else []
         )
         head = f"running {', '.join(running)}" if running else "idle"
+        health = core.health if core is not None else self.health
+        if not health.database_up:
+            head = f"degraded, {head}; database down: {health.database_error}"
         if self.scheduler is None:
             return head
         upcoming = [
@@ -154,8 +168,30 @@ class Daemon:
                 log.warning("secret.short", secret=name, min_length=16)
         try:
             async with AsyncExitStack() as stack:
+                db = state_database(cfg.database, cfg.daemon.db_path)
+                if cfg.database.is_postgres:
+                    # SPEC §14: keep trying while serving /healthz; READY=1 only once open.
+                    watch_database(db, self.health.observe_database)
+                    stack.push_async_callback(self._stop_waiting)
+                    self._waiting_for_database = True
+                    opened = await open_database(
+                        db, health=self.health, clock=self.clock, stop=self._stop,
+                        on_waiting=self._wait_for_database,
+                    )  # fmt: skip
+                    self._waiting_for_database = False
+                    if not opened:
+                        self.notifier.stopping()
+                        return 0
+                else:
+                    await db.open()
                 core = await build_core(
-                    stack, self.holder, clock=self.clock, node=self.node, metrics=self.metrics
+                    stack,
+                    self.holder,
+                    clock=self.clock,
+                    node=self.node,
+                    metrics=self.metrics,
+                    db=db,
+                    health=self.health,
                 )
                 await self._serve(stack, core)
         finally:
@@ -164,6 +200,27 @@ class Daemon:
                     loop.remove_signal_handler(sig)
             self._transition(ShutdownState.STOPPED)
         return 0
+
+    async def _wait_for_database(self, reason: str, retry_s: float) -> None:
+        """Between attempts: serve the waiting endpoints, and say in ``STATUS=`` what we wait for."""
+        if self._waiting is None:
+            cfg = self.holder()
+            runner = web.AppRunner(
+                waiting_app(self.health, self.metrics), handle_signals=False, access_log=None
+            )
+            await runner.setup()
+            self._waiting = runner
+            await web.TCPSite(runner, cfg.http.host, cfg.http.port).start()
+        # Until the next attempt has had its connect timeout, plus a margin: a daemon that keeps
+        # trying is never killed for a slow start, one that hangs is.
+        extend_s = retry_s + self.holder().database.connect_timeout_ms / 1000 + 30
+        status = f"waiting for the state database: {reason}; retry in {retry_s:g}s"
+        self.notifier.waiting(status, extend_s)
+
+    async def _stop_waiting(self) -> None:
+        if self._waiting is not None:
+            runner, self._waiting = self._waiting, None
+            await runner.cleanup()
 
     def assemble(self, core: Core) -> web.Application:
         """Build the scheduler and the HTTP application on top of ``core`` (nothing starts yet).
@@ -205,7 +262,9 @@ class Daemon:
             clock=self.clock,
             started_ms=self.clock.wall_ms(),
             nodes=core.nodes,
-            node_stale_ms=lambda: 3 * holder().locks.lease_ms,  # locks.lease reloads
+            node_stale_ms=core.heartbeat.stale_ms,
+            heartbeat=core.heartbeat,
+            health=core.health,
         )
         comparisons = ComparisonService(
             config=holder,
@@ -244,6 +303,7 @@ class Daemon:
         await app_runner.setup()
         stack.push_async_callback(app_runner.cleanup)
         site = web.TCPSite(app_runner, cfg.http.host, cfg.http.port)
+        await self._stop_waiting()  # hand the port over (a gap of one close and one bind)
         await site.start()
 
         # SPEC §11: the scheduler starts (loads its state, computes next fires, runs due misfires)
@@ -268,6 +328,9 @@ class Daemon:
         )
         if core.redis_locks is not None:
             tasks.append(asyncio.create_task(self._probe_redis(core), name="redis-probe"))
+        if cfg.database.is_postgres:
+            probe = probe_database(core.db, core.health, self.clock)
+            tasks.append(asyncio.create_task(probe, name="database-probe"))
         if self.notifier.watchdog_interval_s():
             tasks.append(
                 asyncio.create_task(watchdog_loop(self.notifier, self.clock), name="watchdog")
@@ -279,6 +342,9 @@ class Daemon:
             locks=core.lock_state().backend,
         )
         self.notifier.ready(self._status_line(core))
+        if cfg.database.is_postgres:
+            # STATUS= follows the database at once (not at the next heartbeat) once ready.
+            core.health.subscribe_database(lambda _: self.notifier.status(self._status_line(core)))
 
         await self._stop.wait()
         self._transition(ShutdownState.DRAINING)
@@ -296,10 +362,12 @@ class Daemon:
 
     async def _heartbeat(self, core: Core) -> None:
         while True:
-            await self.clock.sleep(HEARTBEAT_S)
+            await self.clock.sleep(heartbeat_interval_s(self.holder().locks.lease_ms))
             self.notifier.status(self._status_line(core))
             try:
-                await core.nodes.heartbeat(self.node, self.clock.wall_ms())
+                # Proves this node alive, measures its clock skew, and marks the runs of nodes
+                # that stopped beating abandoned (SPEC §14: at every heartbeat).
+                await core.heartbeat.beat()
             except Exception as exc:  # noqa: BLE001 - a busy DB must not kill the heartbeat
                 log.warning("heartbeat.failed", error=type(exc).__name__)
 

@@ -161,6 +161,26 @@ class ServiceUnavailable(WarmupdError):
     http_status = 503
 
 
+class DatabaseUnavailable(ServiceUnavailable):
+    """The state database cannot answer right now (down, restarting, unreachable, out of connections).
+
+    Transient: the daemon keeps serving what does not need the database, reports ``degraded`` and
+    goes on when the database answers again; at start-up it keeps trying (SPEC §14).
+    """
+
+
+class DatabaseRejected(WarmupdError):
+    """The state database refused warmupd for a reason that waiting will not fix (configuration).
+
+    Wrong credentials, a database that does not exist, a server that rejects a connection
+    parameter, a role that may not create the schema. Start-up stops with exit code 2.
+    """
+
+    code = "database_rejected"
+    http_status = 503
+    exit_code = 2
+
+
 class SchemaTooNew(WarmupdError):
     """The state database was migrated by a newer warmupd; this one must not touch it."""
 
@@ -174,6 +194,12 @@ class SchemaTooNew(WarmupdError):
             f"{where} has schema version {found}, newer than this warmupd's {known}; "
             "refusing to start (upgrade warmupd, or point it at another database)"
         )
+
+
+class CopyRefused(WarmupdError):
+    """``warmupd copy-state`` will not copy between these two states (the message says why)."""
+
+    code = "copy_refused"
 
 
 class LockLost(WarmupdError):

@@ -9,7 +9,8 @@ attribute they own; the ``/metrics`` handler answers ``await metrics.collect()``
 Series appear when first touched. The daemon calls :meth:`Metrics.declare_job` for each configured
 job so that its series exist at zero from start-up (``rate()`` and absence alerts need that), and it
 sets ``warmupd_redis_up`` only when Redis is configured, so an alert on ``== 0`` never fires on a
-host that does not use Redis.
+host that does not use Redis. ``warmupd_database_up`` is always exported (the state database is
+never optional): 0 while start-up waits for PostgreSQL and while it is lost (SPEC §14).
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ class Metrics:
     - ``http_request_duration`` → ``warmupd_http_request_duration_seconds{route}`` (histogram)
     - ``event_loop_lag`` → ``warmupd_event_loop_lag_seconds`` (histogram)
     - ``redis_up`` → ``warmupd_redis_up``
+    - ``database_up`` → ``warmupd_database_up``
 
     ``route`` is the matched route template (``/api/comparison/{slug}``), never the raw path, so
     label cardinality stays bounded.
@@ -126,6 +128,10 @@ class Metrics:
         )
         self.redis_up: Gauge = r.gauge(
             "warmupd_redis_up", "1 when the configured Redis answers, 0 when it does not."
+        )
+        self.database_up: Gauge = r.gauge(
+            "warmupd_database_up",
+            "1 when the state database (SQLite file or PostgreSQL) answers, 0 when it does not.",
         )
         self.on_demand_queue_depth.set(0)
 

@@ -27,7 +27,8 @@ _ERROR_TEXT = {
     500: "internal: no stack trace in the body",
     503: (
         "secret_not_configured: the endpoint's secret is unset (fail closed); unavailable: the "
-        "lock backend cannot be asked (Redis down with redis.on_unavailable = skip) or the "
+        "state database does not answer (PostgreSQL lost, or start-up still waiting for it), "
+        "the lock backend cannot be asked (Redis down with redis.on_unavailable = skip) or the "
         "daemon is shutting down"
     ),
 }

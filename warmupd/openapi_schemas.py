@@ -221,6 +221,29 @@ SCHEMAS: dict[str, Schema] = {
             "startedAt": _TIME,
             "uptimeS": {"type": "number", "minimum": 0},
             "state": {"enum": ["ok", "degraded"]},
+            "reasons": {
+                "type": "array",
+                "items": _STR,
+                "description": "why the state is degraded (empty when ok): the database or Redis "
+                "down (with the reason), a job overdue, a skewed clock",
+            },
+            "nodes": {
+                "type": "array",
+                "description": "the live nodes on this state, from the heartbeat table",
+                "items": _obj(
+                    {
+                        "node": _STR,
+                        "version": _STR,
+                        "startedAt": _TIME,
+                        "heartbeatAt": _TIME,
+                        "skewMs": {
+                            "type": ["integer", "null"],
+                            "description": "its wall clock minus the database server's, "
+                            "in ms (null on SQLite, whose clock is the host's: not applicable)",
+                        },
+                    }
+                ),
+            },
             "locks": _obj(
                 {"backend": _STR, "redis": {"enum": ["up", "down", "unconfigured"]}}, extra=True
             ),
@@ -231,8 +254,13 @@ SCHEMAS: dict[str, Schema] = {
                     "url": _STR,
                     "sizeBytes": _COUNT,
                     "schemaVersion": _INT,
+                    "state": {"enum": ["up", "down"]},
+                    "error": {
+                        "type": "string",
+                        "description": "while down: why, naming the database (never a password)",
+                    },
                 },
-                required=["engine", "schemaVersion"],
+                required=["engine", "schemaVersion", "state"],
                 extra=True,
             ),
             "jobs": {"type": "array"},

@@ -6,6 +6,7 @@ import json
 import os
 import socket
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from warmupd.models import RunRecord, RunStatus, Trigger
@@ -240,19 +241,52 @@ def node_is_dead_locally(node: str) -> bool:
     return False
 
 
+@dataclass(frozen=True)
+class NodeInfo:
+    """One process's row in the heartbeat table."""
+
+    node: str
+    version: str
+    started_at_ms: int
+    heartbeat_at_ms: int
+    skew_ms: int | None
+    """Its wall clock minus the database's at its last heartbeat; None until measured."""
+
+
 class NodeStore:
-    """Heartbeats of the processes sharing this state file."""
+    """Heartbeats of the processes sharing this state (a SQLite file, or a fleet's database)."""
 
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    async def heartbeat(self, node: str, now_ms: int) -> None:
-        """Record that ``node`` is alive now."""
+    async def heartbeat(
+        self, node: str, now_ms: int, *, version: str = "", skew_ms: int | None = None
+    ) -> None:
+        """Record that ``node`` (running warmupd ``version``) is alive now, with its clock skew."""
         await self.db.execute(
-            """INSERT INTO nodes(node, started_at, heartbeat_at) VALUES (?, ?, ?)
-               ON CONFLICT(node) DO UPDATE SET heartbeat_at = excluded.heartbeat_at""",
-            (node, now_ms, now_ms),
+            """INSERT INTO nodes(node, started_at, heartbeat_at, version, skew_ms)
+               VALUES (?, ?, ?, ?, ?)
+               ON CONFLICT(node) DO UPDATE SET heartbeat_at = excluded.heartbeat_at,
+                   version = excluded.version, skew_ms = excluded.skew_ms""",
+            (node, now_ms, now_ms, version, skew_ms),
         )
+
+    async def database_ms(self) -> int | None:
+        """The database server's wall clock now; None when it has none of its own (SQLite)."""
+        if self.db.dialect.clock_ms is None:
+            return None
+        row = await self.db.fetchone(f"SELECT {self.db.dialect.clock_ms}")
+        assert row is not None
+        return int(row[0])
+
+    async def live(self, since_ms: int) -> list[NodeInfo]:
+        """Nodes with a heartbeat at or after ``since_ms``, oldest first."""
+        rows = await self.db.fetchall(
+            """SELECT node, version, started_at, heartbeat_at, skew_ms FROM nodes
+               WHERE heartbeat_at >= ? ORDER BY started_at, node""",
+            (since_ms,),
+        )
+        return [NodeInfo(r[0], r[1], r[2], r[3], r[4]) for r in rows]
 
     async def remove(self, node: str) -> None:
         """Forget ``node`` (clean shutdown)."""

@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
 from warmupd.clock import Clock, ms_to_iso
+from warmupd.errors import ServiceUnavailable
 from warmupd.logs import get_logger
 from warmupd.models import Fire, Trigger
 from warmupd.scheduler import (
@@ -142,6 +143,13 @@ class Scheduler:
             for state in list(self._jobs.values()):
                 try:
                     fire = await self._step(state, now_ms)
+                except ServiceUnavailable as exc:
+                    # The state database (or the claims' backend) is away: no bug, no traceback.
+                    # The cursor did not move, so the step is retried; fires missed meanwhile
+                    # then follow the misfire rules (run once within grace, else recorded).
+                    self._failed_jobs += 1
+                    log.warning("scheduler.step_failed", job=state.schedule.name, error=exc.message)
+                    continue
                 # One job's broken backend must not stop the others; it is logged, not hidden.
                 except Exception:
                     self._failed_jobs += 1
@@ -223,7 +231,7 @@ class Scheduler:
                 job=schedule.name, first_due_ms=upcoming, last_due_ms=last, count=count
             )
             if await self._claimer.claim_fire(schedule.name, last, ttl):
-                await self._report_misfire(missed)
+                await self._unclaim_on_outage(schedule.name, last, self._report_misfire(missed))
             self._advance(state, last)
         handed: Fire | None = None
         if self._next_slot(state) is not None and state.cursor_ms < runnable:
@@ -233,7 +241,9 @@ class Scheduler:
                 fire = Fire(job=schedule.name, due_ms=last, trigger=trigger, coalesced=count)
                 if await self._claim(state, last, ttl):
                     handed = fire
-                    await self._hand_over(fire, now_ms - (last + jitter))
+                    await self._unclaim_on_outage(
+                        schedule.name, last, self._hand_over(fire, now_ms - (last + jitter))
+                    )
                 elif self._on_claimed_elsewhere is not None:
                     self._on_claimed_elsewhere(fire)
                 self._advance(state, last)
@@ -264,6 +274,9 @@ class Scheduler:
                 schedule = state.schedule
                 try:
                     won = await self._claimer.claim_fire(schedule.name, slot, schedule.claim_ttl_ms)
+                except ServiceUnavailable as exc:  # claims in the state database, which is away
+                    log.warning("scheduler.preclaim_failed", job=schedule.name, error=exc.message)
+                    continue
                 except Exception:
                     log.exception("scheduler.preclaim_failed", job=schedule.name)
                     continue
@@ -282,10 +295,22 @@ class Scheduler:
             self._on_lateness(fire.job, lateness_ms / 1000)
         try:
             await self._on_fire(fire)
+        except ServiceUnavailable:
+            raise  # not handed over: the step gives the claim back (_unclaim_on_outage)
         # The fire is claimed, so no other process will run it; a runner bug must not kill the
         # scheduler loop, and the traceback is logged.
         except Exception:
             log.exception("scheduler.on_fire_failed", job=fire.job, due=ms_to_iso(fire.due_ms))
+
+    async def _unclaim_on_outage(self, job: str, due_ms: int, hand_over: Awaitable[None]) -> None:
+        """Await ``hand_over``; when it fails for want of a backend, give the claim back and
+        re-raise, so that the step is retried as if this fire had not been claimed."""
+        try:
+            await hand_over
+        except ServiceUnavailable:
+            with contextlib.suppress(ServiceUnavailable):
+                await self._claimer.release_fire(job, due_ms)
+            raise
 
     async def _report_misfire(self, missed: Misfire) -> None:
         log.warning(
@@ -402,6 +427,8 @@ class Scheduler:
                 continue
             try:
                 await self._claimer.release_fire(state.schedule.name, claimed[0])
+            except ServiceUnavailable as exc:  # the claim expires by itself
+                log.warning("scheduler.unclaim_failed", job=state.schedule.name, error=exc.message)
             except Exception:
                 log.exception("scheduler.unclaim_failed", job=state.schedule.name)
 

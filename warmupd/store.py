@@ -260,14 +260,21 @@ class WarmupStore:
         *,
         error: str | None = None,
         run_id: int | None = None,
+        keep_running: bool = False,
     ) -> None:
-        """Record the warmup state of ``slug`` at ``data_hash``."""
+        """Record the warmup state of ``slug`` at ``data_hash``.
+
+        ``keep_running``: leave a ``running`` row as it is (a process that only queued the warmup
+        must not hide the one another process is running).
+        """
+        guard = " WHERE warmups.status <> 'running'" if keep_running else ""
         await self.db.execute(
             """INSERT INTO warmups(slug, data_hash, status, updated_at, error, run_id)
                VALUES (?, ?, ?, ?, ?, ?)
                ON CONFLICT(slug, data_hash) DO UPDATE SET status = excluded.status,
                    updated_at = excluded.updated_at, error = excluded.error,
-                   run_id = coalesce(excluded.run_id, warmups.run_id)""",
+                   run_id = coalesce(excluded.run_id, warmups.run_id)"""
+            + guard,
             (slug, data_hash, status.value, now_ms, error, run_id),
         )
 

@@ -99,6 +99,16 @@ class SystemdNotifier:
         """``STATUS=text``: the one-line status ``systemctl status`` shows."""
         return self.notify(f"STATUS={_one_line(text)}")
 
+    def waiting(self, text: str, extend_s: float) -> bool:
+        """``STATUS=text`` with ``EXTEND_TIMEOUT_USEC=``, in one datagram: start-up is waiting.
+
+        The start timeout (``TimeoutStartSec=``) is extended by ``extend_s`` from now, so systemd
+        does not kill a daemon that is still actively waiting for a dependency; one that stops
+        sending these (stuck) is killed when the last extension lapses. systemd < 236 ignores it.
+        """
+        usec = max(1, int(extend_s * 1_000_000))
+        return self.notify(f"STATUS={_one_line(text)}", f"EXTEND_TIMEOUT_USEC={usec}")
+
     def watchdog(self) -> bool:
         """``WATCHDOG=1``: the keep-alive ping."""
         return self.notify("WATCHDOG=1")

@@ -13,6 +13,7 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
+from warmupd import __version__
 from warmupd.cache import CacheStore
 from warmupd.clock import Clock
 from warmupd.config import (
@@ -23,8 +24,9 @@ from warmupd.config import (
     Config,
     load_config,
 )
-from warmupd.errors import ConfigError
+from warmupd.errors import ConfigError, DatabaseUnavailable
 from warmupd.health import Health
+from warmupd.heartbeat import Heartbeat
 from warmupd.jobs import build_jobs, node_stale_ms
 from warmupd.jobs.base import Job
 from warmupd.jobs.housekeeping import HousekeepingJob
@@ -45,9 +47,9 @@ from warmupd.producers.insights_builtin import BuiltinInsights
 from warmupd.producers.insights_openai import OpenAIInsights
 from warmupd.producers.swap import SwappableInsights
 from warmupd.reload import split_reload
-from warmupd.runs import NodeStore, RunStore, recover_abandoned
+from warmupd.runs import NodeStore, RunStore
 from warmupd.scheduler import JobSchedule
-from warmupd.state.backends import StateBackend, state_database
+from warmupd.state.backends import StateBackend, state_database, watch_database
 from warmupd.state.sqlite import SqliteDatabase
 from warmupd.status import LockState
 from warmupd.store import ComparisonStore, WarmupStore
@@ -156,6 +158,7 @@ class Core:
     pool: ProcessPool
     runs: RunStore
     nodes: NodeStore
+    heartbeat: Heartbeat
     cache: CacheStore
     comparisons: ComparisonStore
     warmups: WarmupStore
@@ -201,6 +204,23 @@ class Core:
         )
 
 
+def new_health(cfg: Config, metrics: Metrics, *, database_up: bool = True) -> Health:
+    """The one health state, with the metrics following it synchronously (SPEC §17)."""
+    health = Health(redis_configured=bool(cfg.redis.url), database_up=database_up)
+    # The metrics follow the health state synchronously, so they never lag status or readyz.
+    health.subscribe(lambda up: metrics.redis_up.set(1 if up else 0))
+    health.subscribe_database(lambda up: metrics.database_up.set(1 if up else 0))
+    return health
+
+
+async def _forget_node(nodes: NodeStore, node: str) -> None:
+    try:
+        await nodes.remove(node)
+    except DatabaseUnavailable as exc:
+        # Stopping with the database gone: the row ages out; others see the heartbeat stop.
+        log.warning("node.remove_failed", error=exc.message)
+
+
 async def build_core(
     stack: AsyncExitStack,
     holder: ConfigHolder,
@@ -209,27 +229,36 @@ async def build_core(
     node: str,
     metrics: Metrics,
     on_progress: Progress | None = None,
+    db: StateBackend | None = None,
+    health: Health | None = None,
 ) -> Core:
-    """Open the DB, recover abandoned runs, pick the lock backend and wire the jobs layer."""
+    """Open the DB, recover abandoned runs, pick the lock backend and wire the jobs layer.
+
+    ``db`` may come already open (``serve`` waits for PostgreSQL itself, SPEC §14); ``health``
+    is then the state that waiting already reported to.
+    """
     cfg = holder()
-    db: StateBackend = state_database(cfg.database, cfg.daemon.db_path)
-    await db.open()
+    if db is None:
+        db = state_database(cfg.database, cfg.daemon.db_path)
+        await db.open()
     stack.push_async_callback(db.close)
+    health = health or new_health(cfg, metrics)
+    watch_database(db, health.observe_database)
     nodes, runs = NodeStore(db), RunStore(db)
-    await nodes.heartbeat(node, clock.wall_ms())
-    stack.push_async_callback(nodes.remove, node)
-    abandoned = await recover_abandoned(
-        runs, nodes, self_node=node, now_ms=clock.wall_ms(), stale_after_ms=3 * cfg.locks.lease_ms
+    heartbeat = Heartbeat(
+        nodes=nodes,
+        runs=runs,
+        clock=clock,
+        node=node,
+        version=__version__,
+        stale_ms=lambda: 3 * holder().locks.lease_ms,  # locks.lease reloads
     )
-    if abandoned:
-        log.warning("runs.abandoned", count=len(abandoned), ids=abandoned)
+    stack.push_async_callback(_forget_node, nodes, node)
+    await heartbeat.beat()  # also marks the runs of processes that died abandoned
 
     def observe(backend: str, result: str) -> None:
         metrics.lock_acquisitions.inc(backend=backend, result=result)
 
-    health = Health(redis_configured=bool(cfg.redis.url))
-    # The metric follows the health state synchronously, so it can never lag status or readyz.
-    health.subscribe(lambda up: metrics.redis_up.set(1 if up else 0))
     redis_locks: RedisLocks | None = None
     fallback = None
     if cfg.redis.url:
@@ -252,6 +281,7 @@ async def build_core(
     if redis_locks is not None:
         fallback = FallbackLocks(redis_locks, db_locks, cfg.redis.on_unavailable, health=health)
         locks = fallback
+        stack.push_async_callback(db_locks.close)  # its own background releases (PostgreSQL)
         await fallback.ping()
     locks.on_acquire = observe
     stack.push_async_callback(locks.close)
@@ -320,7 +350,10 @@ async def build_core(
     )
 
     async def scrape_cache() -> None:
-        counts = await cache.counts(clock.wall_ms())
+        try:
+            counts = await cache.counts(clock.wall_ms())
+        except DatabaseUnavailable:
+            return  # the last counts stay; warmupd_database_up says why they do not move
         metrics.cache_entries.replace({key: float(n) for key, n in counts.items()})
 
     metrics.add_scrape_hook(scrape_cache)
@@ -337,6 +370,7 @@ async def build_core(
         pool=pool,
         runs=runs,
         nodes=nodes,
+        heartbeat=heartbeat,
         cache=cache,
         comparisons=comparisons,
         warmups=warmups,

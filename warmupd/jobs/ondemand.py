@@ -4,8 +4,15 @@ The request path does no compute: it checks the comparison's current dataHash an
 freshness, then either answers ``ready`` or hands the work to a background task and answers
 ``queued``/``running`` at once. Concurrent requests for one ``slug+dataHash`` share one task
 (single-flight inside the process); the lock ``warmup:on-demand:{slug}:{dataHash}`` makes it
-single-flight across processes. At most ``on_demand.concurrency`` warmups compute at once and at most
-``on_demand.max_queued`` wait.
+single-flight across processes — for a fleet on one PostgreSQL state, across hosts (SPEC §14). At
+most ``on_demand.concurrency`` warmups compute at once and at most ``on_demand.max_queued`` wait.
+
+A process that finds the lock held elsewhere records nothing: it *follows* that warmup (its flight
+answers ``running``) and checks every :data:`FOLLOW_POLL_S` whether the parts became up to date; if
+the holder died instead, the lock frees within a lease and this process takes the warmup over. Every
+holder checks the parts once more right after taking the lock, so a warmup finished by another
+process between a request's read and the lock is neither computed nor recorded again: one
+computation, one model call, one run record per warmup for the whole fleet.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ from typing import Any
 
 from warmupd.clock import Clock
 from warmupd.config import JOB_ON_DEMAND, Config
-from warmupd.errors import NotFound, QueueFull, StaleDataHash, WarmupdError
+from warmupd.errors import DatabaseUnavailable, NotFound, QueueFull, StaleDataHash, WarmupdError
 from warmupd.jobs.base import Fencing, ItemResult
 from warmupd.jobs.parts import PARTS, Warmer
 from warmupd.jobs.slots import Slots
@@ -34,6 +41,9 @@ log = get_logger("warmupd.ondemand")
 # Background tasks are anchored here: the loop keeps only weak references.
 _Key = tuple[str, str]
 
+FOLLOW_POLL_S = 0.5
+"""How often a warmup held by another process is checked: are its parts up to date, is its lock free."""
+
 
 @dataclass(eq=False)
 class _Flight:
@@ -41,6 +51,10 @@ class _Flight:
     data_hash: str
     state: WarmupState = WarmupState.QUEUED
     task: asyncio.Task[None] | None = None
+    elsewhere: bool = False
+    """Another process holds the lock and computes it; this flight follows (records nothing)."""
+    followed_since_ms: int | None = None
+    """When this flight first found the warmup held elsewhere."""
 
 
 class OnDemand:
@@ -83,8 +97,10 @@ class OnDemand:
     # ----------------------------------------------------------------- request path
 
     def in_flight(self) -> int:
-        """Warmups computing now."""
-        return sum(1 for f in self._flights.values() if f.state is WarmupState.RUNNING)
+        """Warmups computing now in this process (not those it follows on another process)."""
+        return sum(
+            1 for f in self._flights.values() if f.state is WarmupState.RUNNING and not f.elsewhere
+        )
 
     def queued(self) -> int:
         """Warmups waiting for a slot."""
@@ -178,33 +194,75 @@ class OnDemand:
     async def _run(self, flight: _Flight) -> None:
         key = (flight.slug, flight.data_hash)
         try:
+            # Never over another process's "running": that warmup is the one the client polls.
             await self.warmups.set(
-                flight.slug, flight.data_hash, WarmupState.QUEUED, self.clock.wall_ms()
+                flight.slug,
+                flight.data_hash,
+                WarmupState.QUEUED,
+                self.clock.wall_ms(),
+                keep_running=True,
             )
-            async with self._slots:
+            while True:
+                async with self._slots:
+                    if not self._accepting:
+                        raise asyncio.CancelledError  # noqa: TRY301 - stopping: a queued warmup does not start
+                    flight.state, flight.elsewhere = WarmupState.RUNNING, False
+                    self._publish_depth()
+                    if not await self._compute(flight):
+                        return
+                # Held elsewhere: follow that warmup outside the slot, which is for computing.
+                flight.elsewhere = True
+                if flight.followed_since_ms is None:
+                    flight.followed_since_ms = self.clock.wall_ms()
+                await self.clock.sleep(FOLLOW_POLL_S)
                 if not self._accepting:
-                    raise asyncio.CancelledError  # noqa: TRY301 - stopping: a queued warmup does not start
-                flight.state = WarmupState.RUNNING
-                self._publish_depth()
-                await self._compute(flight)
+                    raise asyncio.CancelledError  # noqa: TRY301 - stopping: stop following too
+                if await self._settled(flight):
+                    return
         except asyncio.CancelledError:
-            await asyncio.shield(
-                self.warmups.set(
-                    flight.slug,
-                    flight.data_hash,
-                    WarmupState.FAILED,
-                    self.clock.wall_ms(),
-                    error="cancelled (shutdown)",
+            if not flight.elsewhere:  # a follower leaves the holder's status row alone
+                await asyncio.shield(
+                    self.warmups.set(
+                        flight.slug,
+                        flight.data_hash,
+                        WarmupState.FAILED,
+                        self.clock.wall_ms(),
+                        error="cancelled (shutdown)",
+                        keep_running=True,
+                    )
                 )
-            )
             raise
+        except DatabaseUnavailable as exc:  # its record could not be written: no bug to trace
+            log.warning("ondemand.database_unavailable", slug=flight.slug, error=exc.message)
         except Exception:
             log.exception("ondemand.error", slug=flight.slug)
         finally:
             self._flights.pop(key, None)
             self._publish_depth()
 
-    async def _compute(self, flight: _Flight) -> None:
+    async def _settled(self, flight: _Flight) -> bool:
+        """Whether a followed warmup needs nothing more from this process: its parts are up to
+        date, the comparison has moved on to another dataHash (a new request warms that), or the
+        holder's warmup failed while followed (the status row says so; a new request retries —
+        each follower retrying it would make one failure N computations in a fleet of N)."""
+        read = await self.warmer.snapshot(flight.slug)
+        if (
+            read is None
+            or read.head.data_hash != flight.data_hash
+            or self.warmer.up_to_date(read, self.clock.wall_ms())
+        ):
+            return True
+        row = await self.warmups.get(flight.slug, flight.data_hash)
+        since = flight.followed_since_ms
+        return (
+            row is not None
+            and since is not None
+            and row.status is WarmupState.FAILED
+            and row.updated_at_ms >= since
+        )
+
+    async def _compute(self, flight: _Flight) -> bool:
+        """Take the lock and warm; True when another process holds it (nothing was recorded)."""
         cfg = self._config()
         slug, data_hash = flight.slug, flight.data_hash
         lock_key = f"warmup:on-demand:{slug}:{data_hash}"
@@ -212,25 +270,28 @@ class OnDemand:
         result = await self.locks.acquire(lock_key, cfg.locks.lease_ms)
         now = self.clock.wall_ms()
         if isinstance(result, Held):
-            # Another process is warming exactly this; it keeps the shared status row current.
-            await self.runs.record(
-                JOB_ON_DEMAND,
-                status=RunStatus.SKIPPED,
-                trigger=Trigger.ON_DEMAND,
-                node=self.node,
-                now_ms=now,
-                reason="locked_elsewhere",
-                metadata={"slug": slug, "dataHash": data_hash},
-            )
-            return
+            # Another process is warming exactly this; it keeps the shared status row and the
+            # run log current. Recording a skipped run here would log one per request wave per
+            # process (SPEC §14: one run record per warmup).
+            return True
         if not isinstance(result, Acquired):
             await self.warmups.set(
                 slug, data_hash, WarmupState.FAILED, now, error="lock backend unavailable"
             )
-            return
+            return False
         lease = result.lease
         # Renewal (and the release on every exit path) starts the moment the lock is ours.
         async with renewing(self.locks, lease, self.clock, started_monotonic=started) as handle:
+            # A statement issued now, under the lock: a holder that finished just before we took
+            # it has committed its parts, and they are not computed (or recorded) a second time.
+            read = await self.warmer.snapshot(slug, join=False)
+            if (
+                read is not None
+                and read.head.data_hash == data_hash
+                and self.warmer.up_to_date(read, self.clock.wall_ms())
+            ):
+                await self.warmups.set(slug, data_hash, WarmupState.READY, self.clock.wall_ms())
+                return False
             run_id = await self.runs.start(
                 JOB_ON_DEMAND,
                 Trigger.ON_DEMAND,
@@ -290,6 +351,7 @@ class OnDemand:
                 await asyncio.shield(
                     self._record(slug, data_hash, run_id, status, reason, error, counts, started)
                 )
+        return False
 
     async def _record(
         self,
@@ -346,9 +408,14 @@ class OnDemand:
         self._accepting = False
         flights = list(self._flights.values())
         for flight in flights:
-            if flight.state is WarmupState.QUEUED and flight.task is not None:
+            # A follower computes nothing here: nothing of its own to let finish.
+            if (flight.state is WarmupState.QUEUED or flight.elsewhere) and flight.task is not None:
                 flight.task.cancel()
-        running = [f.task for f in flights if f.state is WarmupState.RUNNING and f.task is not None]
+        running = [
+            f.task
+            for f in flights
+            if f.state is WarmupState.RUNNING and not f.elsewhere and f.task is not None
+        ]
         if running:
             _, pending = await asyncio.wait(running, timeout=grace_s)
             for task in pending:

@@ -4,9 +4,47 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from typing import Any
 
+from warmupd.clock import Clock
+from warmupd.errors import DatabaseUnavailable
 from warmupd.jobs.base import ItemOutcome, ItemResult
+from warmupd.logs import get_logger
 from warmupd.models import RunRecord, RunStatus
+from warmupd.runs import RunStore
+
+log = get_logger("warmupd.jobs")
+
+RECORD_RETRY_S = 1.0
+RECORD_RETRY_MAX_S = 30.0
+"""Back-off of a final run record that waits for the state database."""
+
+
+class RunHandle:
+    """A started run; :meth:`wait` never cancels it (a client disconnect must not stop a job)."""
+
+    def __init__(self, run_id: int, job: str, task: asyncio.Task[RunRecord]) -> None:
+        self.run_id = run_id
+        self.job = job
+        self.task = task
+
+    async def wait(self) -> RunRecord:
+        """The finished run record."""
+        return await asyncio.shield(self.task)
+
+
+async def record_finish(runs: RunStore, clock: Clock, run_id: int, **fields: Any) -> RunRecord:
+    """Write a run's final record; while the database is away, keep trying (1 s doubling to 30 s)
+    so that the record is not lost. Only shutdown's cancellation ends the wait (the row then stays
+    ``running`` and a later start marks it ``abandoned``)."""
+    delay_s = RECORD_RETRY_S
+    while True:
+        try:
+            return await asyncio.shield(runs.finish(run_id, **fields))
+        except DatabaseUnavailable as exc:
+            log.warning("run.record_waiting", run=run_id, retry_s=delay_s, error=exc.message)
+        await clock.sleep(delay_s)
+        delay_s = min(delay_s * 2, RECORD_RETRY_MAX_S)
 
 
 @dataclass(eq=False)
@@ -22,6 +60,18 @@ class ActiveRun:
     tally: Tally | None = None
     """The counts so far, once items run (live progress for the dashboard)."""
     selected: int | None = None
+    lease_backend: str = ""
+    """Where the run's lease lives (``redis``, ``sqlite``, ``postgresql``)."""
+
+    def database_lost(self) -> str:
+        """Stop because the state database is away; returns the run's reason.
+
+        ``lock_lost`` when the lease lives in that database too (it cannot be renewed: SPEC §14),
+        else ``database_unavailable`` (the lease holds, but nothing can be recorded or read).
+        """
+        self.stop_now("lock_lost" if self.lease_backend == "postgresql" else "database_unavailable")
+        assert self.stop_reason is not None
+        return self.stop_reason
 
     def stop_now(self, reason: str) -> None:
         """Start no more items and cancel the in-flight ones; the first reason wins."""
@@ -32,8 +82,8 @@ class ActiveRun:
 
     def final_status(self, tally: Tally, selected: int) -> tuple[RunStatus, str | None]:
         """The status and reason of a run whose items have all been started and settled."""
-        if self.stop_reason == "lock_lost":
-            return RunStatus.FAILED, "lock_lost"
+        if self.stop_reason in ("lock_lost", "database_unavailable"):
+            return RunStatus.FAILED, self.stop_reason
         if self.stop_reason is not None:
             return RunStatus.CANCELLED, self.stop_reason
         if self.draining and tally.done < selected:

@@ -20,6 +20,7 @@ from warmupd.clock import Clock
 from warmupd.config import Config
 from warmupd.errors import (
     AlreadyRunning,
+    DatabaseUnavailable,
     LockedElsewhere,
     LockLost,
     NotFound,
@@ -27,7 +28,7 @@ from warmupd.errors import (
     WarmupdError,
 )
 from warmupd.jobs.base import Fencing, ItemOutcome, ItemResult, Job, RunContext, RunSettings
-from warmupd.jobs.run_state import ActiveRun, Tally
+from warmupd.jobs.run_state import ActiveRun, RunHandle, Tally, record_finish
 from warmupd.locks import Locks, renewing
 from warmupd.locks.holder import describe_holder
 from warmupd.logs import get_logger, outcome_level
@@ -42,19 +43,6 @@ Progress = Callable[[str, int, int, int], None]
 """``on_progress(job, run_id, done, total)`` after every item."""
 IsPaused = Callable[[str], Awaitable[bool]]
 """``await paused(job)``: whether the job's scheduled fires are paused (SPEC §15)."""
-
-
-class RunHandle:
-    """A started run; :meth:`wait` never cancels it (a client disconnect must not stop a job)."""
-
-    def __init__(self, run_id: int, job: str, task: asyncio.Task[RunRecord]) -> None:
-        self.run_id = run_id
-        self.job = job
-        self.task = task
-
-    async def wait(self) -> RunRecord:
-        """The finished run record."""
-        return await asyncio.shield(self.task)
 
 
 class JobRunner:
@@ -125,7 +113,7 @@ class JobRunner:
             raise NotFound(f"unknown job {job!r} (known: {', '.join(self._jobs)})")
         if not self._accepting:
             raise ServiceUnavailable("warmupd is shutting down")
-        extra = {"dueAt": fire.due_ms} if fire else {}
+        extra = {"dueAt": fire.due_ms, "coalesced": fire.coalesced} if fire else {}
         if job in self._active:
             holder = self._active[job].run_id
             await self._record_skipped(
@@ -181,6 +169,7 @@ class JobRunner:
             )
         lease = result.lease
         metadata.update(lockBackend=lease.backend, fence=lease.fence, selected=None)
+        active.lease_backend = lease.backend
         try:
             run_id = await self.runs.start(job, trigger, self.node, self.clock.wall_ms(), metadata)
         except BaseException:
@@ -301,6 +290,11 @@ class JobRunner:
             current = asyncio.current_task()
             if current is not None:
                 current.uncancel()
+        except DatabaseUnavailable as exc:
+            # The state database went away (selecting, recording): the run cannot go on, and
+            # it is no bug — a clear reason, no traceback.
+            log.warning("run.database_unavailable", job=job.name, run=run_id, error=exc.message)
+            status, reason = RunStatus.FAILED, active.database_lost()
         except Exception as exc:
             log.exception("run.error", job=job.name, run=run_id)
             status = RunStatus.FAILED
@@ -312,18 +306,18 @@ class JobRunner:
         finally:
             deadline.cancel()
             self._active.pop(job.name, None)
-        record = await asyncio.shield(
-            self.runs.finish(
-                run_id,
-                status=status,
-                now_ms=self.clock.wall_ms(),
-                reason=reason,
-                processed=tally.processed,
-                skipped=tally.skipped,
-                failed=tally.failed,
-                errors=tally.errors,
-                metadata=metadata,
-            )
+        record = await record_finish(
+            self.runs,
+            self.clock,
+            run_id,
+            status=status,
+            now_ms=self.clock.wall_ms(),
+            reason=reason,
+            processed=tally.processed,
+            skipped=tally.skipped,
+            failed=tally.failed,
+            errors=tally.errors,
+            metadata=metadata,
         )
         # A failed run must show in `journalctl -p warning` (what the docs recommend watching);
         # one that failed every item means the job is broken, not unlucky.
@@ -381,6 +375,12 @@ class JobRunner:
             # A fenced write was refused: a newer holder owns the lock, so stop the whole run.
             active.stop_now("lock_lost")
             return ItemOutcome(ItemResult.FAILED, exc.message)
+        except DatabaseUnavailable as exc:
+            # Every other item would fail the same way: stop the run (it ends failed), cancelling
+            # the others but not this one, whose error is the one worth recording.
+            active.inflight.discard(asyncio.current_task())
+            active.database_lost()
+            return ItemOutcome(ItemResult.FAILED, exc.message)
         except WarmupdError as exc:
             return ItemOutcome(ItemResult.FAILED, exc.message)
         except Exception as exc:
@@ -399,6 +399,8 @@ class JobRunner:
             return
         try:
             await self.trigger(fire.job, fire.trigger, fire=fire)
+        except DatabaseUnavailable:
+            raise  # nothing recorded: the scheduler gives the fire back and retries it
         except (AlreadyRunning, LockedElsewhere, ServiceUnavailable) as exc:
             log.info("fire.not_run", job=fire.job, due=fire.due_ms, reason=exc.code)
 

@@ -9,7 +9,8 @@ from typing import Any
 from warmupd.clock import Clock, ms_to_iso
 from warmupd.config import Config
 from warmupd.errors import NotFound
-from warmupd.jobs.runner import JobRunner, RunHandle
+from warmupd.jobs.run_state import RunHandle
+from warmupd.jobs.runner import JobRunner
 from warmupd.models import RunRecord, RunStatus, Trigger
 from warmupd.pauses import PauseStore
 from warmupd.runs import RunStore

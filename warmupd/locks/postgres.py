@@ -25,9 +25,13 @@ Deviations from and details of the :class:`~warmupd.locks.Locks` contract:
   saw it runs, and an acquire that did not see it reads a ``MAX`` above its last fence. Acquires
   wait for a purge (one short transaction per housekeeping run), never for each other.
 - **Unreachable.** A server that cannot answer (connection refused or lost, pool closed, client
-  timeout, shutdown, too many connections) gives ``Unavailable("postgresql_unavailable")`` from
-  acquire and :class:`~warmupd.errors.ServiceUnavailable` from the others; an error in a statement
-  PostgreSQL did answer is a bug and is raised as is.
+  timeout, shutdown, too many connections: the state database's
+  :class:`~warmupd.errors.DatabaseUnavailable`) gives ``Unavailable("postgresql_unavailable")``
+  from acquire and is raised (a :class:`~warmupd.errors.ServiceUnavailable`) by the others; an
+  error in a statement PostgreSQL did answer is a bug and is raised as is. A release that could not
+  reach the server is retried in the background (backing off to 2 s) for as long as the lease could
+  still block the key, so a run that ended during an outage frees its key as soon as the database
+  is back, not a lease later.
 """
 
 from __future__ import annotations
@@ -40,9 +44,9 @@ from warmupd.errors import ServiceUnavailable
 from warmupd.locks import AcquireObserver, Locks, check_key, release_surely, spawn_background
 from warmupd.locks.holder import holder_text, parse_holder
 from warmupd.models import Acquired, AcquireResult, Held, Lease, Unavailable
-from warmupd.state.postgres import UNREACHABLE_ERRORS, PostgresDatabase
+from warmupd.state.postgres import POSTGRES, PostgresDatabase
 
-SERVER_NOW_MS = "floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint"
+SERVER_NOW_MS = POSTGRES.clock_ms
 """The server's wall clock in integer milliseconds (``clock_timestamp()``: the time of the call, not
 of the transaction's start, which would be older inside a long transaction or behind a pooler)."""
 
@@ -111,7 +115,8 @@ class PostgresLocks(Locks):
     """Lease rows in ``locks`` and fire claims in ``fire_claims`` of the PostgreSQL state.
 
     :param db: the open state database (not closed by :meth:`close`; its creator owns it).
-    :param clock: the daemon's clock; deliberately not used for expiry (see the module docstring).
+    :param clock: the daemon's clock: paces background release retries; deliberately never used
+        for expiry (see the module docstring).
     :param node: this process's node id, stored as the human-readable holder.
     """
 
@@ -129,6 +134,7 @@ class PostgresLocks(Locks):
         self._db = db
         self._clock = clock
         self._node = node
+        self._retries: set[asyncio.Task[object]] = set()
 
     async def _acquire(self, key: str, lease_ms: int) -> AcquireResult:
         return await self._acquire_token(key, lease_ms, secrets.token_hex(16))
@@ -141,7 +147,7 @@ class PostgresLocks(Locks):
             # The statement may have committed before the cancel reached the server.
             spawn_background(self._release_token(key, token))
             raise
-        except UNREACHABLE_ERRORS:
+        except ServiceUnavailable:
             return Unavailable(UNAVAILABLE)
         if row is not None:
             lease = Lease(
@@ -154,25 +160,46 @@ class PostgresLocks(Locks):
         # Informational only and read after the failed acquire, so it may already be stale.
         try:
             row = await self._db.fetchone("SELECT holder FROM locks WHERE key = ?", (key,))
-        except UNREACHABLE_ERRORS:
+        except ServiceUnavailable:
             return Held(None)
         return parse_holder(str(row[0]) if row is not None and row[0] else None)
 
     async def _write(self, sql: str, params: tuple[object, ...]) -> int:
-        try:
-            return await self._db.execute(sql, params)
-        except UNREACHABLE_ERRORS as exc:
-            raise ServiceUnavailable(
-                f"the lock database cannot be reached: {type(exc).__name__}"
-            ) from exc
+        # An unreachable server raises DatabaseUnavailable, a ServiceUnavailable: as documented.
+        return await self._db.execute(sql, params)
 
     async def renew(self, lease: Lease) -> bool:
         """See :meth:`Locks.renew`: extended by ``lease_ms`` from the server's now."""
         return await self._write(_RENEW, (lease.lease_ms, lease.key, lease.token)) == 1
 
     async def release(self, lease: Lease) -> bool:
-        """See :meth:`Locks.release`."""
-        return await release_surely(self._release_token, lease)
+        """See :meth:`Locks.release`; when the server cannot be reached, the release is also
+        retried in the background until the lease would have expired anyway."""
+        try:
+            return await release_surely(self._release_token, lease)
+        except ServiceUnavailable:
+            task = spawn_background(self._release_later(lease))
+            self._retries.add(task)
+            task.add_done_callback(self._retries.discard)
+            raise
+
+    async def _release_later(self, lease: Lease) -> None:
+        give_up_at = self._clock.monotonic() + lease.lease_ms / 1000
+        delay_s = 0.25
+        while self._clock.monotonic() + delay_s < give_up_at:
+            await self._clock.sleep(delay_s)
+            try:
+                await self._release_token(lease.key, lease.token)
+            except ServiceUnavailable:
+                delay_s = min(delay_s * 2, 2.0)
+            else:
+                return
+
+    async def close(self) -> None:
+        """See :meth:`Locks.close`; background release retries end here too."""
+        for task in list(self._retries):
+            task.cancel()
+        await super().close()
 
     async def _release_token(self, key: str, token: str) -> bool:
         return await self._write(_RELEASE, (key, token)) == 1
@@ -204,13 +231,8 @@ class PostgresLocks(Locks):
         :returns: ``(fire_claims_deleted, lock_rows_deleted)``.
         :raises ServiceUnavailable: when the database cannot be reached.
         """
-        try:
-            async with self._db.transaction() as tx:
-                claims = await tx.execute(_PURGE_CLAIMS)
-                await tx.execute(_PURGE_LOCK)
-                rows = await tx.execute(_PURGE_LOCKS)
-        except UNREACHABLE_ERRORS as exc:
-            raise ServiceUnavailable(
-                f"the lock database cannot be reached: {type(exc).__name__}"
-            ) from exc
+        async with self._db.transaction() as tx:
+            claims = await tx.execute(_PURGE_CLAIMS)
+            await tx.execute(_PURGE_LOCK)
+            rows = await tx.execute(_PURGE_LOCKS)
         return claims, rows

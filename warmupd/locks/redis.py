@@ -2,10 +2,10 @@
 
 Details of the :class:`~warmupd.locks.Locks` contract here:
 
-- **Keys.** Lock ``name`` lives in ``{prefix}{name}:lock`` (value: the owner token, ``PX``
-  lease), its holder's description in ``{prefix}{name}:holder`` (same lifetime as the lock) and its
-  fence in ``{prefix}{name}:fence`` (an ``INCR`` counter with no TTL); the braces are a Redis
-  Cluster hash tag so all three land in one slot. A fire claim is
+- **Keys.** Lock ``name`` lives in ``{prefix}{name}:lock`` (value: the owner token, a space and
+  the holder's description — node id, then the run id once tagged; ``PX`` lease) and its fence in
+  ``{prefix}{name}:fence`` (an ``INCR`` counter with no TTL); the braces are a Redis Cluster hash
+  tag so both land in one slot. One key per lease: naming the holder costs no extra command. A fire claim is
   ``{prefix}{job}:fire:{due_ms}``.
 - **Scripts.** Acquire, renew, release and claim are Lua scripts (atomic on the server). Acquire and
   claim are idempotent for their own token, so redis-py's retry after a lost reply answers "acquired
@@ -49,45 +49,68 @@ from warmupd.models import Acquired, AcquireResult, Lease, Unavailable
 
 log = get_logger("warmupd.locks.redis")
 
-# KEYS[1]=lock, KEYS[2]=fence, KEYS[3]=holder; ARGV[1]=token, ARGV[2]=lease_ms, ARGV[3]=holder
-# text -> {fence, ''} when acquired, {0, stored holder text or ''} when held.
-_ACQUIRE = """
-local cur = redis.call('GET', KEYS[1])
-if cur == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  redis.call('PEXPIRE', KEYS[3], ARGV[2])
-  return {tonumber(redis.call('GET', KEYS[2]) or '0'), ''}
+# The lock key's value is "<owner token> <holder text>": the owner and who it is, in one key, so a
+# lease costs no more keys or commands than a bare lock. Tokens are hex (no spaces); `owner()` cuts
+# the value at the first space.
+_OWNER = """
+local function owner(value)
+  local sep = string.find(value, ' ', 1, true)
+  if sep then return string.sub(value, 1, sep - 1), string.sub(value, sep + 1) end
+  return value, ''
 end
-if cur then return {0, redis.call('GET', KEYS[3]) or ''} end
+"""
+
+# KEYS[1]=lock, KEYS[2]=fence; ARGV[1]=token, ARGV[2]=lease_ms, ARGV[3]=holder text
+# -> {fence, ''} when acquired, {0, stored holder text or ''} when held.
+_ACQUIRE = (
+    _OWNER
+    + """
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  local who, holder = owner(cur)
+  if who == ARGV[1] then
+    redis.call('PEXPIRE', KEYS[1], ARGV[2])
+    return {tonumber(redis.call('GET', KEYS[2]) or '0'), ''}
+  end
+  return {0, holder}
+end
 local fence = redis.call('INCR', KEYS[2])
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-redis.call('SET', KEYS[3], ARGV[3], 'PX', ARGV[2])
+redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. ARGV[3], 'PX', ARGV[2])
 return {fence, ''}
 """
+)
 
-# KEYS[1]=lock, KEYS[2]=holder; ARGV[1]=token, ARGV[2]=lease_ms -> 1 renewed, 0 lost.
-_RENEW = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-redis.call('PEXPIRE', KEYS[2], ARGV[2])
+# KEYS[1]=lock; ARGV[1]=token, ARGV[2]=lease_ms -> 1 renewed, 0 lost.
+_RENEW = (
+    _OWNER
+    + """
+local cur = redis.call('GET', KEYS[1])
+if not cur or owner(cur) ~= ARGV[1] then return 0 end
 return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 """
+)
 
-# KEYS[1]=lock, KEYS[2]=holder; ARGV[1]=token -> 1 released, 0 not ours (expired or taken).
-_RELEASE = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-redis.call('DEL', KEYS[2])
+# KEYS[1]=lock; ARGV[1]=token -> 1 released, 0 not ours (expired or taken).
+_RELEASE = (
+    _OWNER
+    + """
+local cur = redis.call('GET', KEYS[1])
+if not cur or owner(cur) ~= ARGV[1] then return 0 end
 return redis.call('DEL', KEYS[1])
 """
+)
 
-# KEYS[1]=lock, KEYS[2]=holder; ARGV[1]=token, ARGV[2]=holder text -> 1 stored, 0 not ours.
-# The holder key gets the lock's remaining lifetime, so the two expire together.
-_TAG = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-local ttl = redis.call('PTTL', KEYS[1])
-if ttl <= 0 then return 0 end
-redis.call('SET', KEYS[2], ARGV[2], 'PX', ttl)
+# KEYS[1]=lock; ARGV[1]=token, ARGV[2]=holder text -> 1 stored, 0 not ours. KEEPTTL: the lease's
+# remaining lifetime is untouched.
+_TAG = (
+    _OWNER
+    + """
+local cur = redis.call('GET', KEYS[1])
+if not cur or owner(cur) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. ARGV[2], 'KEEPTTL')
 return 1
 """
+)
 
 # KEYS[1]=claim; ARGV[1]=claim token, ARGV[2]=ttl_ms -> 1 claimed (now or by this token before), 0.
 _CLAIM = """
@@ -164,10 +187,6 @@ class RedisLocks(Locks):
         """The Redis key of lock ``key``."""
         return f"{self._prefix}{{{key}}}:lock"
 
-    def holder_key(self, key: str) -> str:
-        """The Redis key holding the description of lock ``key``'s holder (node, run id)."""
-        return f"{self._prefix}{{{key}}}:holder"
-
     def fence_counter_key(self, key: str) -> str:
         """The Redis key of lock ``key``'s fence counter."""
         return f"{self._prefix}{{{key}}}:fence"
@@ -183,7 +202,7 @@ class RedisLocks(Locks):
         """Acquire with a caller-chosen token (``FallbackLocks`` uses one token in both)."""
         try:
             fence, holder = await self._acquire_script(
-                keys=[self.lock_key(key), self.fence_counter_key(key), self.holder_key(key)],
+                keys=[self.lock_key(key), self.fence_counter_key(key)],
                 args=[token, lease_ms, holder_text(self._node)],
             )
         except asyncio.CancelledError:
@@ -203,7 +222,7 @@ class RedisLocks(Locks):
         """See :meth:`Locks.renew`."""
         try:
             ok = await self._renew_script(
-                keys=[self.lock_key(lease.key), self.holder_key(lease.key)],
+                keys=[self.lock_key(lease.key)],
                 args=[lease.token, lease.lease_ms],
             )
         except _ERRORS as exc:
@@ -216,9 +235,7 @@ class RedisLocks(Locks):
 
     async def _release_token(self, key: str, token: str) -> bool:
         try:
-            ok = await self._release_script(
-                keys=[self.lock_key(key), self.holder_key(key)], args=[token]
-            )
+            ok = await self._release_script(keys=[self.lock_key(key)], args=[token])
         except _ERRORS as exc:
             raise ServiceUnavailable(f"redis release failed: {type(exc).__name__}") from exc
         return int(ok) == 1
@@ -227,7 +244,7 @@ class RedisLocks(Locks):
         """See :meth:`Locks.tag_run`: one script, owner-checked, with the lock's remaining TTL."""
         try:
             ok = await self._tag_script(
-                keys=[self.lock_key(lease.key), self.holder_key(lease.key)],
+                keys=[self.lock_key(lease.key)],
                 args=[lease.token, holder_text(self._node, run_id)],
             )
         except _ERRORS as exc:

@@ -35,6 +35,13 @@ class Dialect:
     """The two-argument scalar maximum: SQLite's ``max``, PostgreSQL's ``greatest``."""
     nulls_last: str
     """What follows ``DESC`` for NULLs to sort last (SQLite already does; PostgreSQL sorts them first)."""
+    is_distinct: str
+    """The NULL-safe "differs": SQLite's ``IS NOT`` (older SQLite lacks ``IS DISTINCT FROM``),
+    PostgreSQL's ``IS DISTINCT FROM`` (its ``IS NOT`` takes only NULL, TRUE or FALSE)."""
+    clock_ms: str | None
+    """The database server's wall clock now, in integer epoch milliseconds (an SQL expression):
+    the clock every node's skew is measured against (SPEC §14). None when the database has no
+    clock of its own: a SQLite file's is the host's, the one its processes already read."""
 
 
 class Statements(Protocol):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,3 +41,10 @@ def describe_database(db: StateBackend) -> dict[str, Any]:
     if isinstance(db, SqliteDatabase):
         return {"engine": "sqlite", "path": str(db.path), "sizeBytes": db.size_bytes()}
     return {"engine": "postgresql", "url": db.url}
+
+
+def watch_database(db: StateBackend, listener: Callable[[bool, str | None], object]) -> None:
+    """Have ``listener(up, reason)`` told when statements fail for want of the server (and when
+    one answers again). PostgreSQL only: an open SQLite file has no server to lose."""
+    if isinstance(db, PostgresDatabase):
+        db.on_health = listener

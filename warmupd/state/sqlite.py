@@ -153,12 +153,25 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             )
         ),
     ),
+    # v4 (SPEC §14): what the status shows of each live node — its warmupd version and its clock
+    # skew against the database's clock (NULL until measured).
+    (
+        "ALTER TABLE nodes ADD COLUMN version TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE nodes ADD COLUMN skew_ms INTEGER",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
-SQLITE = Dialect(name="sqlite", greatest="max", nulls_last="")
-"""SQLite's scalar ``max(a, b)``; its DESC already sorts NULLs last."""
+SQLITE = Dialect(
+    name="sqlite",
+    greatest="max",
+    nulls_last="",
+    is_distinct="IS NOT",
+    # No clock of its own: a file is shared only by processes of one host, which read one clock.
+    clock_ms=None,
+)
+"""SQLite's scalar ``max(a, b)``; its DESC already sorts NULLs last; its clock is the host's."""
 
 
 class SqliteDatabase:
