@@ -7,7 +7,7 @@ run whose writes fail ends ``failed`` with a clear reason, the process stays up 
 Back again: everything resumes without a restart, missed fires coalesce (§4), nothing is lost.
 
 The machine's PostgreSQL is never touched: :class:`~tests.pg_private.PrivatePostgres` runs one of
-its own. Locks come from ``pg_lock_config`` (Redis until PostgreSQL leases land).
+its own. Locks come from ``pg_lock_config``.
 """
 
 from __future__ import annotations
