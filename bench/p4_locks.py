@@ -1,6 +1,6 @@
 """P4 — lock acquire+release round trips per second, each backend beside its bare reference.
 
-Run: ``python -m bench.p4_locks`` (``--quick`` for a smoke run).
+Run: ``python -m bench.p4_locks`` (``--quick`` for a smoke run; ``--only postgresql`` for one backend).
 
 * Redis: :class:`warmupd.locks.redis.RedisLocks` (acquire = one Lua script with ``INCR`` fence,
   release = one owner-checked Lua script) against redis-py's own ``redis.asyncio.lock.Lock``
@@ -11,6 +11,13 @@ Run: ``python -m bench.p4_locks`` (``--quick`` for a smoke run).
   aiosqlite connection to the same file doing the minimum lease: one ``INSERT … ON CONFLICT … DO
   UPDATE … WHERE … RETURNING`` upsert (``execute_fetchall``, one thread hop) and one conditional
   ``UPDATE`` on the same ``locks`` table. Target ≥ 0.8×.
+* PostgreSQL: :class:`warmupd.locks.postgres.PostgresLocks` over
+  :class:`warmupd.state.postgres.PostgresDatabase` (its pool, statements prepared by asyncpg's
+  cache) against one bare asyncpg connection doing the minimum lease with two statements prepared
+  once: one ``INSERT … ON CONFLICT … DO UPDATE … WHERE … RETURNING`` upsert and one conditional
+  ``UPDATE``, both on the server's clock like warmupd's, on the same ``locks`` table of a database
+  created for the run on the server of ``$WARMUPD_BENCH_PG`` (default: the test server) and dropped
+  afterwards. Target ≥ 0.8× (SPEC §14).
 
 A round trip is one uncontended acquire of a fresh token and its release. The variants run one
 after the other in alternating order (ABAB…), each repetition a fixed number of round trips; the
@@ -31,17 +38,22 @@ from pathlib import Path
 from typing import Any
 
 import aiosqlite
+import asyncpg
 from redis.asyncio import Redis
 from redis.asyncio.lock import Lock as RedisPyLock
 
 from bench.common import REDIS_URL, Result, Verdict, describe, finish, interleaved, machine_line
 from warmupd.clock import SystemClock
+from warmupd.locks.postgres import SERVER_NOW_MS, PostgresLocks
 from warmupd.locks.redis import RedisLocks
 from warmupd.locks.sqlite import SqliteLocks
 from warmupd.models import Acquired
+from warmupd.state.postgres import PostgresDatabase
 from warmupd.state.sqlite import SqliteDatabase
 
 LEASE_MS = 30_000
+PG_URL = os.environ.get("WARMUPD_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+BACKENDS = ("redis", "sqlite", "postgresql")
 
 _BARE_ACQUIRE = """
 INSERT INTO locks(key, owner, fence, acquired_at, expires_at, holder)
@@ -55,6 +67,22 @@ RETURNING fence
 _BARE_RELEASE = """
 UPDATE locks SET owner = '', expires_at = 0, holder = ''
 WHERE key = :key AND owner = :owner AND expires_at > :now
+"""
+
+
+_PG_NOW = f"(SELECT {SERVER_NOW_MS} AS ms) AS n"
+_PG_BARE_ACQUIRE = f"""
+INSERT INTO locks AS l (key, owner, fence, acquired_at, expires_at, holder)
+SELECT $1::text, $2::text, 1, n.ms, n.ms + $3::bigint, $4::text FROM {_PG_NOW}
+ON CONFLICT (key) DO UPDATE SET
+    owner = excluded.owner, fence = l.fence + 1, acquired_at = excluded.acquired_at,
+    expires_at = excluded.expires_at, holder = excluded.holder
+WHERE l.owner = '' OR l.expires_at <= excluded.acquired_at
+RETURNING l.fence
+"""
+_PG_BARE_RELEASE = f"""
+UPDATE locks SET owner = '', expires_at = 0, holder = '' FROM {_PG_NOW}
+WHERE key = $1 AND owner = $2 AND expires_at > n.ms
 """
 
 
@@ -164,6 +192,61 @@ async def bench_sqlite(rounds: int, repetitions: int, path: Path) -> dict[str, A
     return rates
 
 
+def _pg_database_url(name: str) -> str:
+    base, _, _ = PG_URL.rpartition("/")
+    return f"{base}/{name}"
+
+
+async def bench_postgres(rounds: int, repetitions: int) -> dict[str, Any]:
+    """PostgresLocks vs a bare two-statement asyncpg lease, on a database made for this run."""
+    name = f"warmupd_bench_p4_{os.getpid()}_{secrets.token_hex(4)}"
+    admin = await asyncpg.connect(PG_URL, timeout=5)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    url = _pg_database_url(name)
+    try:
+        async with PostgresDatabase(url) as db:
+            ours = PostgresLocks(db, SystemClock(), "bench")
+            bare = await asyncpg.connect(url, timeout=5)
+            try:
+                acquire = await bare.prepare(_PG_BARE_ACQUIRE)
+                release = await bare.prepare(_PG_BARE_RELEASE)
+
+                async def warmupd_round() -> None:
+                    result = await ours.acquire("bench:p4:warmupd", LEASE_MS)
+                    if not isinstance(result, Acquired):
+                        raise RuntimeError(f"uncontended acquire answered {result!r}")
+                    if not await ours.release(result.lease):
+                        raise RuntimeError("release of a held lease answered False")
+
+                async def bare_round() -> None:
+                    token = secrets.token_hex(16)
+                    if await acquire.fetchval("bench:p4:bare", token, LEASE_MS, "bench") is None:
+                        raise RuntimeError("uncontended bare acquire failed")
+                    await release.fetch("bench:p4:bare", token)
+                    if release.get_statusmsg() != "UPDATE 1":
+                        raise RuntimeError("bare release matched no row")
+
+                for body in (warmupd_round, bare_round):
+                    for _ in range(50):
+                        await body()
+                rates = await interleaved(
+                    {"warmupd": _rate(rounds, warmupd_round), "bare": _rate(rounds, bare_round)},
+                    repetitions,
+                )
+            finally:
+                await bare.close()
+    finally:
+        admin = await asyncpg.connect(PG_URL, timeout=5)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+    return rates
+
+
 def _verdict(target: str, ours: list[float], ref: list[float], name: str, bound: float) -> Verdict:
     a, b = describe(ours)["p50"], describe(ref)["p50"]
     return Verdict(
@@ -177,33 +260,44 @@ def _verdict(target: str, ours: list[float], ref: list[float], name: str, bound:
     )
 
 
-async def _run(quick: bool) -> Result:
+async def _run(quick: bool, only: tuple[str, ...]) -> Result:
     rounds, repetitions = (200, 2) if quick else (2_000, 8)
-    redis_rates = await bench_redis(rounds, repetitions)
-    with tempfile.TemporaryDirectory(prefix="warmupd-bench-p4-") as tmp:
-        sqlite_rates = await bench_sqlite(rounds, repetitions, Path(tmp) / "warmupd.db")
-    verdicts = [
-        _verdict("P4", redis_rates["warmupd"], redis_rates["redis-py"], "Redis", 0.9),
-        _verdict("P4", sqlite_rates["warmupd"], sqlite_rates["bare"], "SQLite", 0.8),
-    ]
-    data = {
-        "rounds_per_repetition": rounds,
-        "repetitions": repetitions,
-        "redis": {k: describe(v) | {"raw": v} for k, v in redis_rates.items()},
-        "sqlite": {k: describe(v) | {"raw": v} for k, v in sqlite_rates.items()},
-    }
+    rates: dict[str, dict[str, list[float]]] = {}
+    verdicts = []
+    if "redis" in only:
+        rates["redis"] = await bench_redis(rounds, repetitions)
+        verdicts.append(
+            _verdict("P4", rates["redis"]["warmupd"], rates["redis"]["redis-py"], "Redis", 0.9)
+        )
+    if "sqlite" in only:
+        with tempfile.TemporaryDirectory(prefix="warmupd-bench-p4-") as tmp:
+            rates["sqlite"] = await bench_sqlite(rounds, repetitions, Path(tmp) / "warmupd.db")
+        verdicts.append(
+            _verdict("P4", rates["sqlite"]["warmupd"], rates["sqlite"]["bare"], "SQLite", 0.8)
+        )
+    if "postgresql" in only:
+        rates["postgresql"] = await bench_postgres(rounds, repetitions)
+        verdicts.append(
+            _verdict(
+                "P4", rates["postgresql"]["warmupd"], rates["postgresql"]["bare"], "PostgreSQL", 0.8
+            )
+        )
+    data: dict[str, Any] = {"rounds_per_repetition": rounds, "repetitions": repetitions}
+    for backend, by_variant in rates.items():
+        data[backend] = {k: describe(v) | {"raw": v} for k, v in by_variant.items()}
     return Result(name="p4_locks", verdicts=verdicts, data=data)
 
 
-def run(quick: bool = False) -> Result:
-    """Run P4 and return its verdicts (printed and saved under ``bench/results/``)."""
+def run(quick: bool = False, only: tuple[str, ...] = BACKENDS) -> Result:
+    """Run P4 (every backend, or ``only`` some) and return its verdicts (printed and saved under
+    ``bench/results/``)."""
     started = time.perf_counter()
     print(f"[p4_locks] machine: {machine_line()}")
-    result = asyncio.run(_run(quick))
-    for backend in ("redis", "sqlite"):
+    result = asyncio.run(_run(quick, only))
+    for backend in only:
         for variant, stats in result.data[backend].items():
             print(
-                f"  {backend:6} {variant:8} median {stats['p50']:8,.0f}/s  "
+                f"  {backend:10} {variant:8} median {stats['p50']:8,.0f}/s  "
                 f"min {stats['min']:8,.0f}  max {stats['max']:8,.0f}  (n={stats['n']})"
             )
     return finish(result, started)
@@ -213,8 +307,12 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m bench.p4_locks [--quick]``; exit 1 when a target is missed."""
     parser = argparse.ArgumentParser(prog="python -m bench.p4_locks", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="a few hundred round trips only")
+    parser.add_argument(
+        "--only", choices=BACKENDS, action="append", help="this backend only (repeatable)"
+    )
     args = parser.parse_args(argv)
-    return 0 if all(v.met for v in run(args.quick).verdicts) else 1
+    only = tuple(args.only) if args.only else BACKENDS
+    return 0 if all(v.met for v in run(args.quick, only).verdicts) else 1
 
 
 if __name__ == "__main__":

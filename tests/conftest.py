@@ -70,8 +70,9 @@ def private_pg() -> Iterator[PrivatePostgres]:
 def pg_lock_config() -> Iterator[dict[str, Any]]:
     """The lock setup of daemons on PostgreSQL: the one switch for every such test.
 
-    Redis under a fresh key prefix (deleted afterwards) until PostgreSQL lease rows land (branch
-    pglocks); after that merge this may become ``{}`` (locks in the database).
+    Redis under a fresh key prefix (deleted afterwards), so these daemons run FallbackLocks: the
+    PostgreSQL lease first, then Redis. ``{}`` would leave the locks to PostgreSQL alone (the fleet
+    test runs both).
     """
     require_redis()
     prefix = new_prefix()

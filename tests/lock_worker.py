@@ -25,9 +25,11 @@ from pathlib import Path
 
 from warmupd.clock import SystemClock
 from warmupd.locks import Locks, hold
+from warmupd.locks.postgres import SERVER_NOW_MS, PostgresLocks
 from warmupd.locks.redis import RedisLocks
 from warmupd.locks.sqlite import SqliteLocks
 from warmupd.models import Acquired, AcquireResult, Lease
+from warmupd.state.postgres import PostgresDatabase
 from warmupd.state.sqlite import SqliteDatabase
 
 KEY = "warmup:race:lock"
@@ -38,6 +40,14 @@ VALUES (:key, :owner, 1, :now, :expires, :holder)
 ON CONFLICT(key) DO UPDATE SET owner = excluded.owner, fence = locks.fence + 1,
     expires_at = excluded.expires_at
 RETURNING fence
+"""
+
+_BROKEN_PG = f"""
+INSERT INTO locks AS l (key, owner, fence, acquired_at, expires_at, holder)
+SELECT ?::text, ?::text, 1, n.ms, n.ms + ?::bigint, '' FROM (SELECT {SERVER_NOW_MS} AS ms) AS n
+ON CONFLICT (key) DO UPDATE SET owner = excluded.owner, fence = l.fence + 1,
+    expires_at = excluded.expires_at
+RETURNING l.fence
 """
 
 # INCR + SET without looking at the current holder: "SET without NX".
@@ -60,18 +70,32 @@ class BrokenSqliteLocks(SqliteLocks):
         return Acquired(lease)
 
 
+class BrokenPostgresLocks(PostgresLocks):
+    """Takes the row whoever holds it."""
+
+    async def _acquire_token(self, key: str, lease_ms: int, token: str) -> AcquireResult:
+        row = await self._db.fetchone(_BROKEN_PG, (key, token, lease_ms))
+        assert row is not None
+        lease = Lease(key=key, token=token, fence=int(row[0]), backend=self.name, lease_ms=lease_ms)
+        return Acquired(lease)
+
+
 def broken_redis(locks: RedisLocks) -> RedisLocks:
     """Replace the acquire script of ``locks`` with one that ignores the holder."""
     locks._acquire_script = locks._client.register_script(_BROKEN_LUA)
     return locks
 
 
-async def open_locks(args: argparse.Namespace, db: SqliteDatabase | None) -> Locks:
+async def open_locks(
+    args: argparse.Namespace, db: SqliteDatabase | PostgresDatabase | None
+) -> Locks:
     clock = SystemClock()
-    if args.backend == "sqlite":
-        assert db is not None
+    if isinstance(db, SqliteDatabase):
         cls = BrokenSqliteLocks if args.broken else SqliteLocks
         return cls(db, clock, f"worker-{args.id}")
+    if isinstance(db, PostgresDatabase):
+        pg_cls = BrokenPostgresLocks if args.broken else PostgresLocks
+        return pg_cls(db, clock, f"worker-{args.id}")
     locks = RedisLocks(args.url, args.target, 2.0, clock, f"worker-{args.id}")
     return broken_redis(locks) if args.broken else locks
 
@@ -106,7 +130,11 @@ async def hold_forever(locks: Locks, args: argparse.Namespace) -> None:
 
 
 async def main(args: argparse.Namespace) -> None:
-    db = SqliteDatabase(args.target) if args.backend == "sqlite" else None
+    db: SqliteDatabase | PostgresDatabase | None = None
+    if args.backend == "sqlite":
+        db = SqliteDatabase(args.target)
+    elif args.backend == "postgresql":
+        db = PostgresDatabase(args.target, pool_min=1, pool_max=2)
     if db is not None:
         await db.open()
     locks = await open_locks(args, db)
@@ -131,8 +159,8 @@ async def main(args: argparse.Namespace) -> None:
 def parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     parser.add_argument("mode", choices=["race", "claim", "hold"])
-    parser.add_argument("backend", choices=["sqlite", "redis"])
-    parser.add_argument("target", help="SQLite file, or Redis key prefix")
+    parser.add_argument("backend", choices=["sqlite", "redis", "postgresql"])
+    parser.add_argument("target", help="SQLite file, Redis key prefix, or PostgreSQL URL")
     parser.add_argument("--url", default="redis://127.0.0.1:6379/0")
     parser.add_argument("--id", type=int, default=0)
     parser.add_argument("--rounds", type=int, default=200)

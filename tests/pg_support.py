@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
@@ -78,3 +79,16 @@ def require_postgres() -> None:
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)
+
+
+@contextmanager
+def fresh_database(tag: str = "") -> Iterator[str]:
+    """A database of its own for one test (required: skips or fails as :func:`require_postgres`),
+    dropped afterwards; yields its URL."""
+    require_postgres()
+    name = new_database_name(tag)
+    url = run_admin(lambda: create_database(name))
+    try:
+        yield url
+    finally:
+        run_admin(lambda: drop_database(name))

@@ -55,6 +55,7 @@ LAYERS: dict[str, int] = {
     "locks.sqlite": 3,
     "locks.redis": 3,
     "locks.fallback": 3,
+    "locks.postgres": 3,
     # L4: jobs and the daemon's self-view
     "jobs": 4,
     "jobs.slots": 4,

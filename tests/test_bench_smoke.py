@@ -29,6 +29,7 @@ from bench import (
 )
 from bench.procs import BenchApp, BenchDaemon, http_raw, pool_workers
 from tests.lock_support import require_redis
+from tests.pg_support import require_postgres
 from warmupd.config import parse_config
 
 
@@ -66,6 +67,14 @@ async def test_p4_redis_smoke() -> None:
     require_redis()
     rates = await p4_locks.bench_redis(20, 2)
     assert set(rates) == {"warmupd", "redis-py"}
+    assert all(len(v) == 2 and min(v) > 0 for v in rates.values())
+
+
+@pytest.mark.postgres
+async def test_p4_postgres_smoke() -> None:
+    require_postgres()
+    rates = await p4_locks.bench_postgres(20, 2)
+    assert set(rates) == {"warmupd", "bare"}
     assert all(len(v) == 2 and min(v) > 0 for v in rates.values())
 
 

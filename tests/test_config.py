@@ -99,6 +99,21 @@ def test_cron_error_names_the_value() -> None:
 
 
 @pytest.mark.parametrize(
+    ("value", "policy"), [(None, "database"), ("database", "database"), ("sqlite", "database")]
+)
+def test_on_unavailable_database_is_the_default_and_sqlite_its_alias(
+    value: str | None, policy: str
+) -> None:
+    # SPEC §14: the fallback is the configured state database, whichever engine holds it.
+    redis = {"url": "redis://127.0.0.1:6379/0"} | ({"on_unavailable": value} if value else {})
+    assert parse_config({"redis": redis}, env={}).redis.on_unavailable == policy
+    skip = parse_config({"redis": {"on_unavailable": "skip"}}, env={})
+    assert skip.redis.on_unavailable == "skip"
+    with pytest.raises(ConfigError, match="database, sqlite, skip"):
+        parse_config({"redis": {"on_unavailable": "postgresql"}}, env={})
+
+
+@pytest.mark.parametrize(
     ("value", "ms"),
     [
         ("500ms", 500),

@@ -7,7 +7,7 @@ run whose writes fail ends ``failed`` with a clear reason, the process stays up 
 Back again: everything resumes without a restart, missed fires coalesce (§4), nothing is lost.
 
 The machine's PostgreSQL is never touched: :class:`~tests.pg_private.PrivatePostgres` runs one of
-its own. Locks come from ``pg_lock_config`` (Redis until PostgreSQL leases land).
+its own. Locks come from ``pg_lock_config``.
 """
 
 from __future__ import annotations
@@ -201,10 +201,17 @@ def test_database_lost_while_running_then_back_without_a_restart(
         shown = (run["status"], run["reason"], run["processed"], run["failed"], run["errors"])
         assert (run["status"], run["reason"]) == ("failed", "database_unavailable"), shown
         assert any("cannot connect" in e for e in run["errors"]), run["errors"]
-        # A new run succeeds on the same process; nothing written before the loss is gone.
-        status, record, _ = daemon.request(
-            "POST", "/api/jobs/warmup-forecasts?wait=true", {"limit": 3}, J, timeout_s=120
-        )
+
+        # A new run succeeds on the same process; nothing written before the loss is gone. The
+        # interrupted run's lease lives in the database too: its release, missed during the
+        # outage, is retried in the background (at the latest, the lease expires).
+        def new_run() -> tuple[int, Any] | None:
+            status, record, _ = daemon.request(
+                "POST", "/api/jobs/warmup-forecasts?wait=true", {"limit": 3}, J, timeout_s=120
+            )
+            return None if status == 429 else (status, record)
+
+        status, record = wait_until(new_run, timeout_s=70)
         assert (status, record["status"]) == (200, "success"), record
         status, pack, _ = daemon.request("GET", "/api/comparison/tea-vs-coffee")
         assert status == 200, pack

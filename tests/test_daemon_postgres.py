@@ -1,4 +1,5 @@
-"""The real ``warmupd serve`` on PostgreSQL (SPEC §14): state in a fresh database, locks in Redis.
+"""The real ``warmupd serve`` on PostgreSQL (SPEC §14): state in a fresh database, locks in
+PostgreSQL's lease rows — under Redis when it is configured, alone without it or while it is down.
 
 Each test creates its own database on the server of ``$WARMUPD_TEST_PG`` and drops it at the end;
 Redis keys live under a unique prefix that is deleted afterwards. Unreachable PostgreSQL or Redis
@@ -16,7 +17,13 @@ from pathlib import Path
 import pytest
 
 from tests.daemon_support import JOB_SECRET, DaemonProcess, load_demo, worker_env
-from tests.lock_support import REDIS_URL, delete_prefix, new_prefix, require_redis
+from tests.lock_support import (
+    REDIS_URL,
+    closed_port_url,
+    delete_prefix,
+    new_prefix,
+    require_redis,
+)
 from tests.pg_support import (
     create_database,
     drop_database,
@@ -114,17 +121,43 @@ def test_serve_on_postgres_warms_a_comparison_and_shows_the_url_without_password
     assert not daemon.db_path.exists()  # no SQLite file was made on the side
 
 
-def test_serve_on_postgres_without_redis_refuses_with_exit_2(tmp_path: Path, pg_url: str) -> None:
+def test_serve_on_postgres_without_redis_runs_jobs_on_postgres_leases(
+    tmp_path: Path, daemons: list[DaemonProcess], pg_url: str
+) -> None:
     daemon = DaemonProcess(tmp_path, "pg", {"database": {"url": with_password(pg_url)}})
-    done = subprocess.run(
-        [sys.executable, "-m", "warmupd", "serve", "-c", str(daemon.config_path)],
-        env={**worker_env(), **daemon.env},
-        capture_output=True,
-        text=True,
-        timeout=60,
+    daemons.append(daemon.start())
+    status, doc, _ = daemon.request("GET", "/api/status")
+    assert status == 200
+    assert (doc["state"], doc["locks"]) == (
+        "ok",
+        {"backend": "postgresql", "redis": "unconfigured"},
     )
-    assert done.returncode == 2, done.stderr
-    assert "database.url" in done.stderr
-    assert "PostgreSQL leases come next" in done.stderr
-    assert "configure [redis] for locks until then" in done.stderr
-    assert PASSWORD not in done.stderr + done.stdout
+    fences = []
+    for _ in range(2):  # the second run takes the lease the first released: a greater fence
+        status, run = daemon.trigger("housekeeping", wait=True)
+        assert (status, run["status"]) == (200, "success"), run
+        assert run["metadata"]["lockBackend"] == "postgresql", run
+        fences.append(run["metadata"]["fence"])
+    assert fences[1] > fences[0]
+    assert daemon.stop() == 0
+    assert PASSWORD not in json.dumps(doc) + daemon.logs()
+
+
+def test_serve_on_postgres_with_redis_down_falls_back_to_postgres_leases(
+    tmp_path: Path, daemons: list[DaemonProcess], pg_url: str
+) -> None:
+    config = {
+        "database": {"url": with_password(pg_url)},
+        # Nobody listens there; on_unavailable defaults to "database".
+        "redis": {"url": closed_port_url(), "connect_timeout": "200ms"},
+    }
+    daemon = DaemonProcess(tmp_path, "pg", config)
+    daemons.append(daemon.start())
+    status, doc, _ = daemon.request("GET", "/api/status")
+    assert status == 200
+    assert (doc["state"], doc["locks"]) == ("degraded", {"backend": "postgresql", "redis": "down"})
+    assert daemon.request("GET", "/readyz")[0] == 200  # the database fallback is allowed
+    status, run = daemon.trigger("housekeeping", wait=True)
+    assert (status, run["status"]) == (200, "success"), run
+    assert run["metadata"]["lockBackend"] == "postgresql", run
+    assert daemon.stop() == 0

@@ -5,8 +5,8 @@ down; a ``* * * * * *`` housekeeping schedule fires on it all along, and the las
 that every one of those fires ran exactly once, with no overlap. Model calls go to a loopback fake
 OpenAI-compatible server (``bench/fake_model.py``) that answers after a fixed delay.
 
-The lock set-up is the one parameter of :func:`locks` (Redis under a fresh prefix today, as a
-daemon on PostgreSQL needs until PostgreSQL leases land), and the database URL and extra config go
+The lock set-up is the one parameter of :func:`locks`: PostgreSQL lease rows alone, or under Redis
+(a fresh prefix; the database lease is still taken first), and the database URL and extra config go
 through :func:`tests.fleet_support.start_fleet`, so the same scenarios can run through PgBouncer.
 """
 
@@ -71,9 +71,12 @@ def parts(daemon: DaemonProcess, slug: str) -> dict[str, str]:
 ALL_FRESH = {"forecastA": "fresh", "forecastB": "fresh", "insights": "fresh"}
 
 
-@pytest.fixture(scope="module", params=["redis"])
+@pytest.fixture(scope="module", params=["postgres-leases", "redis"])
 def locks(request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
-    """The fleet's lock set-up (add "postgres-leases" here once PostgreSQL leases merge)."""
+    """The fleet's lock set-up: nothing to add for PostgreSQL's own leases, or Redis."""
+    if request.param == "postgres-leases":
+        yield {}
+        return
     require_redis()
     with redis_locks() as config:
         yield config

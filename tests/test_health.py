@@ -40,7 +40,7 @@ async def views(client: Any) -> tuple[dict[str, Any], int, dict[str, Any], float
     return status, ready.status, await ready.json(), await metric(client, "warmupd_redis_up")
 
 
-@pytest.mark.parametrize(("policy", "ready_when_down"), [("sqlite", 200), ("skip", 503)])
+@pytest.mark.parametrize(("policy", "ready_when_down"), [("database", 200), ("skip", 503)])
 async def test_redis_stopped_during_a_run_all_views_agree_right_after_the_failed_call(
     tmp_path: Path,
     aiohttp_client: Any,

@@ -13,22 +13,31 @@ import redis.asyncio as aioredis
 
 from tests.fakes import FakeClock
 from tests.lock_support import REDIS_URL, delete_prefix, new_prefix, require_redis
+from tests.pg_support import fresh_database
 from warmupd.errors import LockedElsewhere
 from warmupd.locks import Locks, hold
 from warmupd.locks.holder import describe_holder, holder_text, parse_holder
+from warmupd.locks.postgres import PostgresLocks
 from warmupd.locks.redis import RedisLocks
 from warmupd.locks.sqlite import SqliteLocks
 from warmupd.models import Acquired, Held
+from warmupd.state.postgres import PostgresDatabase
 from warmupd.state.sqlite import SqliteDatabase
 
 KEY = "warmup:forecasts:lock"
 NODE_A, NODE_B = "host-a:101:aaaaaa", "host-b:202:bbbbbb"
 
 
-@pytest.fixture(params=["sqlite", "redis"])
+@pytest.fixture(params=["sqlite", "redis", pytest.param("postgresql", marks=pytest.mark.postgres)])
 async def pair(request: Any, tmp_path: Path) -> AsyncIterator[tuple[Locks, Locks, str]]:
     """Two holders on one backend: (A, B, backend)."""
     clock = FakeClock()
+    if request.param == "postgresql":
+        with fresh_database("holder_") as url:
+            async with PostgresDatabase(url) as pg_a, PostgresDatabase(url) as pg_b:
+                a, b = PostgresLocks(pg_a, clock, NODE_A), PostgresLocks(pg_b, clock, NODE_B)
+                yield a, b, "postgresql"
+        return
     if request.param == "sqlite":
         async with SqliteDatabase(tmp_path / "w.db") as db:
             yield SqliteLocks(db, clock, NODE_A), SqliteLocks(db, clock, NODE_B), "sqlite"

@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 
 from tests.lock_support import ROOT, delete_prefix, new_prefix, require_redis, worker_env
+from tests.pg_support import fresh_database
+from warmupd.state.postgres import PostgresDatabase
 from warmupd.state.sqlite import SqliteDatabase
 
 WORKER = str(ROOT / "tests" / "lock_worker.py")
@@ -26,9 +28,20 @@ ROUNDS = 200
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(params=["sqlite", "redis"])
+@pytest.fixture(params=["sqlite", "redis", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def target(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, str]]:
-    """``(backend, target)``: a migrated SQLite file, or a private Redis key prefix."""
+    """``(backend, target)``: a migrated SQLite file, a private Redis key prefix, or the URL of a
+    migrated PostgreSQL database of this test's own."""
+    if request.param == "postgresql":
+        with fresh_database("race_") as url:
+
+            async def migrate() -> None:
+                async with PostgresDatabase(url):
+                    pass
+
+            asyncio.run(migrate())
+            yield "postgresql", url
+        return
     if request.param == "sqlite":
         path = tmp_path / "warmupd.db"
 

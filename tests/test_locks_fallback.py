@@ -38,8 +38,8 @@ async def two_hosts(tmp_path: Path) -> AsyncIterator[tuple[FallbackLocks, Fallba
         redis_b = RedisLocks(REDIS_URL, prefix, 2.0, clock, "host-b")
         try:
             yield (
-                FallbackLocks(redis_a, SqliteLocks(db_a, clock, "host-a"), "sqlite"),
-                FallbackLocks(redis_b, SqliteLocks(db_b, clock, "host-b"), "sqlite"),
+                FallbackLocks(redis_a, SqliteLocks(db_a, clock, "host-a"), "database"),
+                FallbackLocks(redis_b, SqliteLocks(db_b, clock, "host-b"), "database"),
             )
         finally:
             await redis_a.close()
@@ -56,9 +56,9 @@ async def test_redis_excludes_across_hosts_and_frees_the_local_row(
     assert got.lease.backend == "redis"
     assert isinstance(await host_b.acquire(KEY, 5_000), Held)
     # Host B's own SQLite lock was given back after Redis said held.
-    local = await host_b._sqlite.acquire(KEY, 5_000)
+    local = await host_b._database.acquire(KEY, 5_000)
     assert isinstance(local, Acquired)
-    await host_b._sqlite.release(local.lease)
+    await host_b._database.release(local.lease)
 
     assert await host_a.claim_fire("warmup-forecasts", 60_000, 3_600_000) is True
     assert await host_b.claim_fire("warmup-forecasts", 60_000, 3_600_000) is False
@@ -80,7 +80,7 @@ async def test_redis_lease_needs_redis_to_renew_and_release(
     server.start()
     clock = FakeClock()
     redis = RedisLocks(server.url, "t:", 0.3, clock, "n", command_timeout_s=0.3)
-    fallback = FallbackLocks(redis, SqliteLocks(db, clock, "n"), "sqlite")
+    fallback = FallbackLocks(redis, SqliteLocks(db, clock, "n"), "database")
     try:
         got = await fallback.acquire(KEY, 5_000)
         assert isinstance(got, Acquired)

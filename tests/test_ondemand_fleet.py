@@ -39,6 +39,7 @@ from warmupd.errors import ProducerError
 from warmupd.jobs.ondemand import FOLLOW_POLL_S, OnDemand
 from warmupd.jobs.parts import Warmer
 from warmupd.locks import Locks
+from warmupd.locks.postgres import SERVER_NOW_MS, PostgresLocks
 from warmupd.locks.redis import RedisLocks
 from warmupd.locks.sqlite import SqliteLocks
 from warmupd.models import Acquired, RunStatus, WarmupState
@@ -120,11 +121,12 @@ def daemon(db: Database, locks: Locks, clock: FakeClock, node: str) -> Daemon:
     return Daemon(db, locks, cpu, on_demand, runs)
 
 
-# The lock set-up is one parameter: "PostgreSQL leases only" joins it once those land.
+# The lock set-up is one parameter.
 @pytest.fixture(
     params=[
         "sqlite-file+sqlite-rows",
         pytest.param("postgres+redis", marks=pytest.mark.postgres),
+        pytest.param("postgres+postgres-rows", marks=pytest.mark.postgres),
     ]
 )
 async def fleet(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Fleet]:
@@ -140,6 +142,22 @@ async def fleet(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
                 row = await db_a.fetchone("SELECT expires_at FROM locks WHERE key = ?", (key,))
                 assert row is not None
                 clock.set_wall_ms(int(row[0]))
+
+        elif request.param == "postgres+postgres-rows":
+            url = request.getfixturevalue("pg_module_url")
+            db_a = await stack.enter_async_context(PostgresDatabase(url, pool_max=4))
+            db_b = await stack.enter_async_context(PostgresDatabase(url, pool_max=4))
+            await db_a.execute(
+                "TRUNCATE comparisons, cache_entries, job_runs, warmups, locks, fire_claims"
+            )
+            locks_a = PostgresLocks(db_a, clock, "a")
+            locks_b = PostgresLocks(db_b, clock, "b")
+
+            async def expire(key: str) -> None:
+                # Expiry is the server's clock: move the row's expiry to the server's now.
+                await db_a.execute(
+                    f"UPDATE locks SET expires_at = {SERVER_NOW_MS} WHERE key = ?", (key,)
+                )
 
         else:
             require_redis()

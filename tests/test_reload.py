@@ -308,10 +308,10 @@ CASES: dict[str, tuple[dict[str, Any], dict[str, Any], Probe, Any, Any]] = {
     ),
     "redis.on_unavailable": (
         # Redis configured but down from the start (nobody listens on that port).
-        {"redis": {"url": "{closed}", "connect_timeout": "200ms", "on_unavailable": "sqlite"}},
+        {"redis": {"url": "{closed}", "connect_timeout": "200ms", "on_unavailable": "database"}},
         {"redis": {"on_unavailable": "skip"}},
         readiness,
-        200,  # the SQLite fallback is allowed
+        200,  # the database fallback is allowed
         503,  # locks are unusable without Redis now
     ),
     "ai.prompt_version": (

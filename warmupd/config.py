@@ -21,6 +21,7 @@ from warmupd.config_values import (
     parse_cron,
     parse_duration_ms,
     parse_int,
+    parse_on_unavailable,
     parse_section,
     parse_str,
     parse_table,
@@ -95,11 +96,12 @@ class Secrets:
 
 @dataclass(frozen=True, kw_only=True)
 class RedisConfig:
-    """``[redis]``; ``url`` None means locks live in SQLite."""
+    """``[redis]``; ``url`` None means locks live in the state database's lease rows."""
 
     url: str | None = None
     key_prefix: str = "warmupd:"
-    on_unavailable: str = "sqlite"
+    on_unavailable: str = "database"
+    """``database`` or ``skip`` (``sqlite`` in the file is read as ``database``)."""
     connect_timeout_ms: int = 2_000
 
 
@@ -257,7 +259,7 @@ _SECRETS = {
 _REDIS = {
     "url": ("url", lambda p, v: parse_url(p, v, schemes=("redis", "rediss", "unix"))),
     "key_prefix": ("key_prefix", lambda p, v: parse_str(p, v, empty=True)),
-    "on_unavailable": ("on_unavailable", lambda p, v: parse_str(p, v, choices=("sqlite", "skip"))),
+    "on_unavailable": ("on_unavailable", parse_on_unavailable),
     "connect_timeout": ("connect_timeout_ms", _dur()),
 }
 _LOCKS = {"lease": ("lease_ms", _dur())}

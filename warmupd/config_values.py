@@ -79,6 +79,13 @@ def parse_str(
     return value
 
 
+def parse_on_unavailable(path: str, value: object) -> str:
+    """``database`` or ``skip``; ``sqlite`` (the name before PostgreSQL state) means ``database``:
+    the fallback is the configured state database's lease rows, whichever engine holds it."""
+    choice = parse_str(path, value, choices=("database", "sqlite", "skip"))
+    return "database" if choice == "sqlite" else choice
+
+
 def parse_timezone(path: str, value: object) -> str:
     """An IANA time zone name that zoneinfo knows."""
     name = parse_str(path, value)

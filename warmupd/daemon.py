@@ -57,7 +57,6 @@ from warmupd.wiring import (
     ConfigHolder,
     Core,
     build_core,
-    check_lock_backend,
     new_health,
     prewarm_pool,
     schedules_of,
@@ -169,7 +168,6 @@ class Daemon:
                 log.warning("secret.short", secret=name, min_length=16)
         try:
             async with AsyncExitStack() as stack:
-                check_lock_backend(cfg)  # configuration: refused before any waiting
                 db = state_database(cfg.database, cfg.daemon.db_path)
                 if cfg.database.is_postgres:
                     # SPEC §14: keep trying while serving /healthz; READY=1 only once open.

@@ -274,6 +274,9 @@ class Scheduler:
                 schedule = state.schedule
                 try:
                     won = await self._claimer.claim_fire(schedule.name, slot, schedule.claim_ttl_ms)
+                except ServiceUnavailable as exc:  # claims in the state database, which is away
+                    log.warning("scheduler.preclaim_failed", job=schedule.name, error=exc.message)
+                    continue
                 except Exception:
                     log.exception("scheduler.preclaim_failed", job=schedule.name)
                     continue
@@ -424,6 +427,8 @@ class Scheduler:
                 continue
             try:
                 await self._claimer.release_fire(state.schedule.name, claimed[0])
+            except ServiceUnavailable as exc:  # the claim expires by itself
+                log.warning("scheduler.unclaim_failed", job=state.schedule.name, error=exc.message)
             except Exception:
                 log.exception("scheduler.unclaim_failed", job=state.schedule.name)
 

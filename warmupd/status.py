@@ -25,11 +25,13 @@ class LockState:
     """What the lock layer looks like from outside."""
 
     backend: str
-    """``redis`` or ``sqlite``: where new locks go now."""
+    """``redis``, ``sqlite`` or ``postgresql``: where new locks go now (the database's name when
+    its lease rows alone hold them: without Redis, or degraded under ``on_unavailable =
+    "database"``)."""
     redis: str
     """``up``, ``down`` or ``unconfigured``."""
     usable: bool
-    """False only when Redis is down and the policy forbids the SQLite fallback."""
+    """False only when Redis is down and the policy forbids the database fallback."""
 
 
 CACHE_COUNTS_MAX_AGE_MS = 5_000

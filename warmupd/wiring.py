@@ -34,7 +34,8 @@ from warmupd.jobs.ondemand import OnDemand
 from warmupd.jobs.parts import Warmer
 from warmupd.jobs.runner import JobRunner, Progress
 from warmupd.locks import Locks
-from warmupd.locks.fallback import FallbackLocks
+from warmupd.locks.fallback import DatabaseLocks, FallbackLocks
+from warmupd.locks.postgres import PostgresLocks
 from warmupd.locks.redis import RedisLocks
 from warmupd.locks.sqlite import SqliteLocks
 from warmupd.logs import get_logger
@@ -150,8 +151,8 @@ class Core:
     db: StateBackend
     metrics: Metrics
     locks: Locks
-    sqlite_locks: SqliteLocks | None
-    """None on PostgreSQL: the SQLite lease table is not used there (Redis holds the locks)."""
+    db_locks: DatabaseLocks
+    """The lease rows of the state database (alone, or under Redis in :attr:`fallback`)."""
     fallback: FallbackLocks | None
     redis_locks: RedisLocks | None
     pool: ProcessPool
@@ -194,29 +195,12 @@ class Core:
 
     def lock_state(self) -> LockState:
         """Where locks go now and whether Redis answers: read from the one health state."""
-        if self.sqlite_locks is None:
-            # PostgreSQL state: Redis alone holds the locks, no fallback (policy skip in effect).
-            return LockState(backend="redis", redis=self.health.redis, usable=self.health.redis_up)
         if self.fallback is None:
-            return LockState(backend="sqlite", redis=self.health.redis, usable=True)
+            return LockState(backend=self.db_locks.name, redis=self.health.redis, usable=True)
         return LockState(
             backend=self.fallback.backend,
             redis=self.health.redis,
-            usable=self.health.redis_up or self.fallback.policy == "sqlite",
-        )
-
-
-def check_lock_backend(cfg: Config) -> None:
-    """Refuse PostgreSQL state without Redis: the lease table's SQL is SQLite's (SPEC §14).
-
-    :raises ConfigError: naming ``database.url`` (exit 2).
-    """
-    if cfg.database.is_postgres and not cfg.redis.url:
-        raise ConfigError(
-            "database.url",
-            cfg.database.url,
-            "locks on PostgreSQL need Redis for now (PostgreSQL leases come next): "
-            "configure [redis] for locks until then",
+            usable=self.health.redis_up or self.fallback.policy == "database",
         )
 
 
@@ -254,7 +238,6 @@ async def build_core(
     is then the state that waiting already reported to.
     """
     cfg = holder()
-    check_lock_backend(cfg)
     if db is None:
         db = state_database(cfg.database, cfg.daemon.db_path)
         await db.open()
@@ -276,7 +259,6 @@ async def build_core(
     def observe(backend: str, result: str) -> None:
         metrics.lock_acquisitions.inc(backend=backend, result=result)
 
-    sqlite_locks: SqliteLocks | None = None
     redis_locks: RedisLocks | None = None
     fallback = None
     if cfg.redis.url:
@@ -289,27 +271,18 @@ async def build_core(
                 log.warning("redis.check", warning=warning)
         except Exception as exc:  # noqa: BLE001 - Redis being down at start-up is not fatal
             log.warning("redis.unreachable", error=type(exc).__name__)
-    locks: Locks
-    if isinstance(db, SqliteDatabase):
-        sqlite_locks = SqliteLocks(db, clock, node)
-        locks = sqlite_locks
-        if redis_locks is not None:
-            fallback = FallbackLocks(
-                redis_locks, sqlite_locks, cfg.redis.on_unavailable, health=health
-            )
-            locks = fallback
-            await fallback.ping()
-    else:
-        # PostgreSQL: Redis alone (check_lock_backend made sure it is configured); while it is
-        # down a lock is Unavailable, whatever redis.on_unavailable says. Fences come from Redis
-        # until the PostgreSQL lease rows exist (SPEC §14): a Redis restarted empty restarts them.
-        assert redis_locks is not None
-        locks = redis_locks
-        if cfg.redis.on_unavailable == "sqlite":
-            log.warning(
-                "redis.on_unavailable_ignored", reason="no SQLite lock fallback on PostgreSQL"
-            )
-        health.observe_redis(await redis_locks.ping())
+    # The lease rows of the state database: this host's file, or PostgreSQL's for the fleet.
+    db_locks: DatabaseLocks = (
+        SqliteLocks(db, clock, node)
+        if isinstance(db, SqliteDatabase)
+        else PostgresLocks(db, clock, node)
+    )
+    locks: Locks = db_locks
+    if redis_locks is not None:
+        fallback = FallbackLocks(redis_locks, db_locks, cfg.redis.on_unavailable, health=health)
+        locks = fallback
+        stack.push_async_callback(db_locks.close)  # its own background releases (PostgreSQL)
+        await fallback.ping()
     locks.on_acquire = observe
     stack.push_async_callback(locks.close)
 
@@ -340,7 +313,7 @@ async def build_core(
         warmups=warmups,
         nodes=nodes,
         warmer=warmer,
-        purge_locks=sqlite_locks.purge_expired if sqlite_locks is not None else None,
+        purge_locks=db_locks.purge_expired,
         clock=clock,
     )
     for job in jobs.values():
@@ -391,7 +364,7 @@ async def build_core(
         db=db,
         metrics=metrics,
         locks=locks,
-        sqlite_locks=sqlite_locks,
+        db_locks=db_locks,
         fallback=fallback,
         redis_locks=redis_locks,
         pool=pool,

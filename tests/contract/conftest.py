@@ -26,6 +26,7 @@ from tests.pg_support import (
     run_admin,
 )
 from warmupd.locks import Locks
+from warmupd.locks.postgres import SERVER_NOW_MS, PostgresLocks
 from warmupd.locks.redis import RedisLocks
 from warmupd.locks.sqlite import SqliteLocks
 from warmupd.state import Database
@@ -160,7 +161,64 @@ class RedisHarness(Harness):
         await self.raw.aclose()
 
 
-@pytest.fixture(params=["sqlite", "redis"])
+class PostgresHarness(Harness):
+    """Two daemons' pools on the session's PostgreSQL database.
+
+    Expiry is the server's clock (``clock_timestamp()``), which a test cannot stop or move. The
+    time controls therefore move the *row* instead of the clock, relative to the server's now in
+    the same statement: :meth:`expire` and :meth:`to_expiry` set ``expires_at`` to the server's
+    now, so the next statement's now is at or past it (the boundary ``now == expires_at`` when it
+    runs within the same millisecond, just past it otherwise: acquirable either way);
+    :meth:`to_just_before_expiry` sets it a minute ahead of the server's now, so the lease is
+    certainly live when the next statement compares (a live lease must be refused). The exact
+    millisecond of the boundary is the same SQL comparison as SQLite's, where the fake clock tests
+    it to the millisecond.
+    """
+
+    name = "postgresql"
+
+    def __init__(self, db_a: PostgresDatabase, db_b: PostgresDatabase, clock: FakeClock) -> None:
+        self.db_a = db_a
+        self.clock = clock
+        self.a = PostgresLocks(db_a, clock, "node-a")
+        self.b = PostgresLocks(db_b, clock, "node-b")
+        # Never opened: every statement finds no pool.
+        self._closed_db = PostgresDatabase(db_a.url)
+
+    async def _set_expiry(self, key: str, offset_ms: int) -> None:
+        changed = await self.db_a.execute(
+            f"UPDATE locks SET expires_at = {SERVER_NOW_MS} + ? WHERE key = ? AND owner <> ''",
+            (offset_ms, key),
+        )
+        assert changed == 1, f"no live lease of {key!r} to move"
+
+    async def expire(self, key: str) -> None:
+        await self._set_expiry(key, 0)
+
+    async def to_just_before_expiry(self, key: str) -> None:
+        await self._set_expiry(key, 60_000)
+
+    async def to_expiry(self, key: str) -> None:
+        await self._set_expiry(key, 0)
+
+    async def forget(self, key: str) -> None:
+        assert isinstance(self.a, PostgresLocks)
+        await self.a.purge_expired(self.clock.wall_ms())
+        gone = await self.db_a.fetchone("SELECT 1 FROM locks WHERE key = ?", (key,))
+        assert gone is None, "purge must delete a free row that is not the greatest fence"
+
+    async def expire_claim(self, job: str, due_ms: int) -> None:
+        changed = await self.db_a.execute(
+            f"UPDATE fire_claims SET expires_at = {SERVER_NOW_MS} WHERE job = ? AND due_at = ?",
+            (job, due_ms),
+        )
+        assert changed == 1
+
+    def unavailable(self) -> Locks:
+        return PostgresLocks(self._closed_db, self.clock, "node-c")
+
+
+@pytest.fixture(params=["sqlite", "redis", pytest.param("postgresql", marks=pytest.mark.postgres)])
 async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Harness]:
     """Each contract test runs once per backend."""
     clock = FakeClock()
@@ -168,6 +226,16 @@ async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
         path = tmp_path / "warmupd.db"
         async with SqliteDatabase(path) as db_a, SqliteDatabase(path) as db_b:
             yield SqliteHarness(path, db_a, db_b, clock)
+        return
+    if request.param == "postgresql":
+        url = request.getfixturevalue("pg_url")
+        async with (
+            PostgresDatabase(url, pool_min=1, pool_max=4) as pg_a,
+            # B as behind a transaction-mode pooler: no prepared statements kept.
+            PostgresDatabase(url, pool_min=1, pool_max=4, statement_cache=False) as pg_b,
+        ):
+            await pg_a.execute("TRUNCATE locks, fire_claims")
+            yield PostgresHarness(pg_a, pg_b, clock)
         return
     require_redis()
     prefix = new_prefix()

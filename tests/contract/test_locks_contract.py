@@ -1,4 +1,4 @@
-"""The lock contract (SPEC §5 "Tests"), run unchanged against SQLite and real Redis."""
+"""The lock contract (SPEC §5 "Tests"), run unchanged against SQLite, real Redis and PostgreSQL."""
 
 from __future__ import annotations
 
