@@ -20,6 +20,7 @@ from collections import Counter
 from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
@@ -27,7 +28,9 @@ import pytest
 from tests.daemon_support import JOB_SECRET, WARMUP_SECRET, DaemonProcess, wait_until
 from tests.fleet_support import FakeModelServer, Fleet, redis_locks, start_fleet
 from tests.lock_support import require_redis
+from tests.pg_private import start_pgbouncer
 from tests.pg_support import (
+    ADMIN_URL,
     create_database,
     drop_database,
     new_database_name,
@@ -71,10 +74,11 @@ def parts(daemon: DaemonProcess, slug: str) -> dict[str, str]:
 ALL_FRESH = {"forecastA": "fresh", "forecastB": "fresh", "insights": "fresh"}
 
 
-@pytest.fixture(scope="module", params=["postgres-leases", "redis"])
+@pytest.fixture(scope="module", params=["postgres-leases-via-pgbouncer", "redis"])
 def locks(request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
-    """The fleet's lock set-up: nothing to add for PostgreSQL's own leases, or Redis."""
-    if request.param == "postgres-leases":
+    """The fleet's lock set-up: PostgreSQL's own leases (the fleet then talks to the database through
+    a transaction-mode PgBouncer, SPEC §14), or Redis (the fleet connects directly)."""
+    if request.param == "postgres-leases-via-pgbouncer":
         yield {}
         return
     require_redis()
@@ -91,12 +95,17 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeModelServer]
 
 @pytest.fixture(scope="module")
 def fleet(
-    tmp_path_factory: pytest.TempPathFactory, locks: dict[str, Any], model: FakeModelServer
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    locks: dict[str, Any],
+    model: FakeModelServer,
 ) -> Iterator[Fleet]:
     require_postgres()
     name = new_database_name("fleet_")
     url = run_admin(lambda: create_database(name))
-    extra = {
+    daemon_url = url
+    through_pgbouncer = not locks
+    extra: dict[str, Any] = {
         "locks": {"lease": f"{LEASE_S}s"},
         "ai": {"provider": "openai", "base_url": model.base_url, "model": "fake", "timeout": "30s"},
         "jobs": {
@@ -104,9 +113,23 @@ def fleet(
             "warmup-ai-explanations": {"concurrency": 1, "min_views": 1},
         },
     }
+    if through_pgbouncer:
+        # PgBouncer 1.18 in transaction mode keeps no prepared statements and no session state:
+        # every statement of the whole scenario list below goes through it.
+        server = urlsplit(ADMIN_URL)
+        daemon_url = start_pgbouncer(
+            server.port or 5432,
+            name,
+            finalizer=request.addfinalizer,
+            server_host=server.hostname or "127.0.0.1",
+        )
+        extra["database"] = {"statement_cache": False}
     fleet = None
     try:
-        fleet = start_fleet(tmp_path_factory.mktemp("fleet"), db_url=url, locks=locks, extra=extra)
+        fleet = start_fleet(
+            tmp_path_factory.mktemp("fleet"), db_url=daemon_url, locks=locks, extra=extra
+        )
+        fleet.db_url = url  # the tests' own reads of the shared log go to the server directly
         yield fleet
     finally:
         if fleet is not None:
