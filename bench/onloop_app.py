@@ -29,7 +29,7 @@ from warmupd.metrics import measure_loop_lag
 from warmupd.models import Comparison
 from warmupd.producers.forecast import forecast_term
 from warmupd.state.sqlite import SqliteDatabase
-from warmupd.store import ComparisonStore
+from warmupd.state.store import ComparisonStore
 
 STATE = web.AppKey("state", dict)
 

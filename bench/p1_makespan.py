@@ -5,7 +5,7 @@ repetition at a fifth of the time scale).
 
 * warmupd: the real :class:`~warmupd.jobs.runner.JobRunner` (job-level limit, the job lock through
   :class:`~warmupd.locks.sqlite.SqliteLocks` with its renewal task, the run record through
-  :class:`~warmupd.runs.RunStore`, all on a temporary SQLite state file, the real clock) running a
+  :class:`~warmupd.state.runs.RunStore`, all on a temporary SQLite state file, the real clock) running a
   bench job whose ``process`` sleeps the item's latency. The makespan is measured from ``trigger``
   to the finished run record, so the lock, the selection and both run-record writes are inside it.
 * fixed batches (the seed's approach): the same items in batches of 5, each batch one
@@ -36,7 +36,7 @@ from warmupd.jobs.base import Fencing, ItemOutcome, Job, RunSettings
 from warmupd.jobs.runner import JobRunner
 from warmupd.locks.sqlite import SqliteLocks
 from warmupd.models import RunStatus, Trigger
-from warmupd.runs import RunStore
+from warmupd.state.runs import RunStore
 from warmupd.state.sqlite import SqliteDatabase
 
 ITEMS = 200

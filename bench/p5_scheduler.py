@@ -9,7 +9,7 @@ schedule, **alternating** in windows (warmupd, APScheduler, APScheduler, warmupd
 * warmupd: :class:`warmupd.scheduler_loop.Scheduler` with ``*/1 * * * * *`` (6-field, seconds first,
   UTC), its real :meth:`~warmupd.scheduler_loop.Scheduler.run` loop, the real
   :class:`~warmupd.locks.sqlite.SqliteLocks` as the fire claimer and the real
-  :class:`~warmupd.store.ScheduleStore`, both on a temporary state file: each fire pays its claim
+  :class:`~warmupd.state.store.ScheduleStore`, both on a temporary state file: each fire pays its claim
   (a primary-key insert through aiosqlite's thread) before it is handed over, as in the daemon.
 * APScheduler 3: ``AsyncIOScheduler`` with ``CronTrigger(second='*')`` (UTC) and a coroutine job.
 
@@ -48,7 +48,7 @@ from warmupd.models import Fire
 from warmupd.scheduler import JobSchedule
 from warmupd.scheduler_loop import Scheduler
 from warmupd.state.sqlite import SqliteDatabase
-from warmupd.store import ScheduleStore
+from warmupd.state.store import ScheduleStore
 
 TARGET_P99_MS = 20.0
 

@@ -9,8 +9,8 @@ comparisons were never viewed (``view_count`` 0, ``last_visited`` NULL), the res
 (Pareto α = 1.1) view counts and a ``last_visited`` exponentially distributed over the last ~60
 days (never before ``created_at``); a tiny one-point series.
 
-Timed: :meth:`warmupd.store.ComparisonStore.select_for_forecasts` (limit 50, window 7 days) and
-:meth:`~warmupd.store.ComparisonStore.select_for_insights` (limit 30, window 30 days, min_views 10),
+Timed: :meth:`warmupd.state.store.ComparisonStore.select_for_forecasts` (limit 50, window 7 days) and
+:meth:`~warmupd.state.store.ComparisonStore.select_for_insights` (limit 30, window 30 days, min_views 10),
 the defaults of ``config.py``, through the real :class:`~warmupd.state.sqlite.SqliteDatabase`; the median over
 repetitions, each a complete call including the rows' decoding. Then the worst cases, reported as
 measured: insights with nothing matching (``min_views`` above every count, a window that starts
@@ -33,7 +33,7 @@ from typing import Any
 
 from bench.common import Result, Verdict, describe, finish, machine_line
 from warmupd.state.sqlite import SqliteDatabase
-from warmupd.store import ComparisonStore
+from warmupd.state.store import ComparisonStore
 
 NOW_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z, fixed so the data and the figures repeat
 DAY_MS = 86_400_000

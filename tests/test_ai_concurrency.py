@@ -22,7 +22,6 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from tests.fakes import FakeClock
-from warmupd.cache import CacheStore
 from warmupd.cli import main
 from warmupd.config import JOB_INSIGHTS, parse_config
 from warmupd.config_checks import warnings_for
@@ -33,9 +32,10 @@ from warmupd.jobs.parts import Warmer
 from warmupd.jobs.runner import JobRunner
 from warmupd.locks.sqlite import SqliteLocks
 from warmupd.models import RunStatus, Trigger
-from warmupd.runs import RunStore
+from warmupd.state.cache import CacheStore
+from warmupd.state.runs import RunStore
 from warmupd.state.sqlite import SqliteDatabase
-from warmupd.store import ComparisonStore
+from warmupd.state.store import ComparisonStore
 from warmupd.wiring import make_insights
 
 NOW = 1_767_225_600_000

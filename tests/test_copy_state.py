@@ -26,19 +26,19 @@ from tests.pg_support import (
     require_postgres,
     run_admin,
 )
-from warmupd.cache import CacheStore
 from warmupd.cli import main
 from warmupd.config_database import DatabaseConfig
 from warmupd.importer import load_demo_data
 from warmupd.models import Comparison, RunStatus, Trigger, WarmupState
-from warmupd.pauses import PauseStore
-from warmupd.runs import NodeStore, RunStore
 from warmupd.state.backends import StateBackend
+from warmupd.state.cache import CacheStore
 from warmupd.state.copy import connection_secrets, parse_location
 from warmupd.state.copy_tables import COPY_SCHEMA_VERSION, NOT_COPIED, TABLES
+from warmupd.state.pauses import PauseStore
 from warmupd.state.postgres import PostgresDatabase
+from warmupd.state.runs import NodeStore, RunStore
 from warmupd.state.sqlite import MIGRATIONS, SCHEMA_VERSION, SqliteDatabase
-from warmupd.store import ComparisonStore, ScheduleStore, WarmupStore
+from warmupd.state.store import ComparisonStore, ScheduleStore, WarmupStore
 
 PASSWORD = "Never-Printed-Pw-7"
 NOW = 1_764_000_000_000

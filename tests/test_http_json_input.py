@@ -20,7 +20,7 @@ from warmupd.http import create_app
 from warmupd.importer import import_lines
 from warmupd.json_input import decode_json
 from warmupd.state.sqlite import SqliteDatabase
-from warmupd.store import ComparisonStore
+from warmupd.state.store import ComparisonStore
 
 J = {"X-Job-Secret": JOB_SECRET, "Content-Type": "application/json"}
 W = {"X-Warmup-Secret": WARMUP_SECRET, "Content-Type": "application/json"}

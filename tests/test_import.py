@@ -11,7 +11,7 @@ from warmupd.cli import main
 from warmupd.importer import import_lines, load_demo_data
 from warmupd.models import data_hash
 from warmupd.state.sqlite import SqliteDatabase
-from warmupd.store import ComparisonStore
+from warmupd.state.store import ComparisonStore
 
 
 def _line(slug: str, n: int = 10) -> str:

@@ -20,7 +20,7 @@ from warmupd.locks import Locks
 from warmupd.locks.sqlite import SqliteLocks
 from warmupd.logs import outcome_level
 from warmupd.models import Acquired, Lease, RunStatus, Trigger
-from warmupd.runs import RunStore
+from warmupd.state.runs import RunStore
 from warmupd.state.sqlite import SqliteDatabase
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from warmupd.models import Comparison
 from warmupd.state.sqlite import SqliteDatabase
-from warmupd.store import ComparisonStore
+from warmupd.state.store import ComparisonStore
 
 DAY = 86_400_000
 NOW = 1_767_225_600_000

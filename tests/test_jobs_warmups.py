@@ -12,7 +12,6 @@ from typing import Any, TypeVar
 import pytest
 
 from tests.fakes import FakeClock
-from warmupd.cache import CacheStore, insights_key
 from warmupd.config import JOB_FORECASTS, JOB_HOUSEKEEPING, JOB_INSIGHTS, Config, parse_config
 from warmupd.errors import NotFound, ProducerError, QueueFull, StaleDataHash
 from warmupd.jobs import build_jobs
@@ -24,9 +23,10 @@ from warmupd.jobs.runner import JobRunner
 from warmupd.locks.sqlite import SqliteLocks
 from warmupd.models import Comparison, Freshness, RunStatus, Trigger, WarmupState
 from warmupd.producers.insights_builtin import BuiltinInsights
-from warmupd.runs import NodeStore, RunStore
+from warmupd.state.cache import CacheStore, insights_key
+from warmupd.state.runs import NodeStore, RunStore
 from warmupd.state.sqlite import SqliteDatabase
-from warmupd.store import ComparisonStore, WarmupStore
+from warmupd.state.store import ComparisonStore, WarmupStore
 
 T = TypeVar("T")
 DAY = 86_400_000
@@ -573,8 +573,8 @@ async def test_status_reports_an_overdue_job_as_degraded(world: World) -> None:
     from warmupd.jobs.service import JobsService
     from warmupd.scheduler import JobSchedule
     from warmupd.scheduler_loop import Scheduler
+    from warmupd.state.store import ScheduleStore
     from warmupd.status import LockState, StatusService
-    from warmupd.store import ScheduleStore
 
     db = world.comparisons.db
     hourly = JobSchedule(name=JOB_HOUSEKEEPING, expr="17 * * * *", misfire_grace_ms=3_600_000)

@@ -19,7 +19,7 @@ from warmupd.jobs.kinds.command import CommandJob, describe_status
 from warmupd.jobs.runner import JobRunner
 from warmupd.locks.sqlite import SqliteLocks
 from warmupd.models import RunRecord, RunStatus, Trigger
-from warmupd.runs import RunStore
+from warmupd.state.runs import RunStore
 from warmupd.state.sqlite import SqliteDatabase
 
 

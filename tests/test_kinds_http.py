@@ -28,7 +28,7 @@ from warmupd.jobs.runner import JobRunner
 from warmupd.locks.sqlite import SqliteLocks
 from warmupd.logs import configure_logging, reset_logging
 from warmupd.models import RunRecord, RunStatus, Trigger
-from warmupd.runs import RunStore
+from warmupd.state.runs import RunStore
 from warmupd.state.sqlite import SqliteDatabase
 
 SECRET_TOKEN = "Bearer sk-cdn-purge-7f3a9c2e5b1d"

@@ -33,7 +33,6 @@ from tests.pg_support import (
 )
 from tests.test_daemon_postgres import SERIES
 from tests.test_jobs_warmups import RecordingCpu, comparison
-from warmupd.cache import CacheStore
 from warmupd.config import JOB_ON_DEMAND, parse_config
 from warmupd.errors import ProducerError
 from warmupd.jobs.ondemand import FOLLOW_POLL_S, OnDemand
@@ -44,11 +43,12 @@ from warmupd.locks.redis import RedisLocks
 from warmupd.locks.sqlite import SqliteLocks
 from warmupd.models import Acquired, RunStatus, WarmupState
 from warmupd.producers.insights_builtin import BuiltinInsights
-from warmupd.runs import RunStore
 from warmupd.state import Database
+from warmupd.state.cache import CacheStore
 from warmupd.state.postgres import PostgresDatabase
+from warmupd.state.runs import RunStore
 from warmupd.state.sqlite import SqliteDatabase
-from warmupd.store import ComparisonStore, WarmupStore
+from warmupd.state.store import ComparisonStore, WarmupStore
 
 LEASE_MS = 60_000
 T = TypeVar("T")

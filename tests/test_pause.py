@@ -15,8 +15,8 @@ from warmupd.errors import NotFound
 from warmupd.jobs.service import JobsService
 from warmupd.locks.sqlite import SqliteLocks
 from warmupd.models import Fire, RunStatus, Trigger
-from warmupd.pauses import PauseStore
-from warmupd.runs import RunStore
+from warmupd.state.pauses import PauseStore
+from warmupd.state.runs import RunStore
 from warmupd.state.sqlite import SqliteDatabase
 
 

@@ -10,14 +10,14 @@ import pytest
 
 from tests.fakes import FakeClock
 from tests.test_jobs_warmups import comparison
-from warmupd.cache import CacheStore, insights_key
 from warmupd.config import parse_config
 from warmupd.errors import ServiceUnavailable
 from warmupd.jobs import parts
 from warmupd.jobs.parts import CHANGE_CHECK_S, Warmer
 from warmupd.producers.insights_builtin import BuiltinInsights
+from warmupd.state.cache import CacheStore, insights_key
 from warmupd.state.sqlite import SqliteDatabase
-from warmupd.store import ComparisonStore
+from warmupd.state.store import ComparisonStore
 
 
 class NoCpu:

@@ -13,7 +13,7 @@ from warmupd.models import Fire
 from warmupd.scheduler import JobSchedule
 from warmupd.scheduler_loop import Misfire, Scheduler
 from warmupd.state.sqlite import SqliteDatabase
-from warmupd.store import ScheduleStore
+from warmupd.state.store import ScheduleStore
 
 HOUR_MS = 3_600_000
 

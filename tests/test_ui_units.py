@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 
 from tests.fakes import FakeClock
-from warmupd.cache import CacheStore
 from warmupd.models import Comparison, RunRecord, RunStatus, Trigger
+from warmupd.state.cache import CacheStore
 from warmupd.state.sqlite import SqliteDatabase
+from warmupd.state.store import ComparisonStore
 from warmupd.status import CACHE_COUNTS_MAX_AGE_MS, StatusService
-from warmupd.store import ComparisonStore
 from warmupd.ui import charts, session, words
 
 DAY = 86_400_000

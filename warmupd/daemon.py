@@ -43,12 +43,12 @@ from warmupd.logs import (
 )
 from warmupd.metrics import Metrics, loop_lag_monitor
 from warmupd.models import Trigger
-from warmupd.runs import make_node_id
 from warmupd.scheduler_loop import Scheduler
 from warmupd.startup import open_database, probe_database, waiting_app
 from warmupd.state.backends import state_database, watch_database
+from warmupd.state.runs import make_node_id
+from warmupd.state.store import ScheduleStore
 from warmupd.status import StatusService
-from warmupd.store import ScheduleStore
 from warmupd.systemd import SystemdNotifier, journal_stream, watchdog_loop
 from warmupd.ui.routes import add_ui
 from warmupd.wiring import (

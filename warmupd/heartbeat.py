@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 from warmupd.clock import Clock
 from warmupd.logs import get_logger
-from warmupd.runs import NodeStore, RunStore, recover_abandoned
+from warmupd.state.runs import NodeStore, RunStore, recover_abandoned
 
 log = get_logger("warmupd.heartbeat")
 

@@ -11,7 +11,7 @@ from warmupd.errors import InvalidRequest
 from warmupd.json_input import decode_json
 from warmupd.schemas import parse_comparison, validate_slug
 from warmupd.state import Database
-from warmupd.store import ComparisonStore
+from warmupd.state.store import ComparisonStore
 
 
 @dataclass

@@ -8,16 +8,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from warmupd import __version__
-from warmupd.cache import CacheStore
 from warmupd.clock import Clock, ms_to_iso
 from warmupd.errors import DatabaseUnavailable
 from warmupd.health import Health
 from warmupd.heartbeat import Heartbeat
 from warmupd.jobs.ondemand import OnDemand
 from warmupd.jobs.service import JobsService
-from warmupd.runs import NodeInfo, NodeStore, RunStore
 from warmupd.scheduler_loop import Scheduler
 from warmupd.state.backends import STATE_ERRORS, StateBackend, describe_database
+from warmupd.state.cache import CacheStore
+from warmupd.state.runs import NodeInfo, NodeStore, RunStore
 
 
 @dataclass

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from warmupd import __version__
-from warmupd.cache import CacheStore
 from warmupd.clock import Clock
 from warmupd.config import (
     JOB_FORECASTS,
@@ -40,19 +39,20 @@ from warmupd.locks.redis import RedisLocks
 from warmupd.locks.sqlite import SqliteLocks
 from warmupd.logs import get_logger
 from warmupd.metrics import Metrics
-from warmupd.pauses import PauseStore
 from warmupd.pool import ProcessPool
 from warmupd.producers import InsightsProducer
 from warmupd.producers.insights_builtin import BuiltinInsights
 from warmupd.producers.insights_openai import OpenAIInsights
 from warmupd.producers.swap import SwappableInsights
 from warmupd.reload import split_reload
-from warmupd.runs import NodeStore, RunStore
 from warmupd.scheduler import JobSchedule
 from warmupd.state.backends import StateBackend, state_database, watch_database
+from warmupd.state.cache import CacheStore
+from warmupd.state.pauses import PauseStore
+from warmupd.state.runs import NodeStore, RunStore
 from warmupd.state.sqlite import SqliteDatabase
+from warmupd.state.store import ComparisonStore, WarmupStore
 from warmupd.status import LockState
-from warmupd.store import ComparisonStore, WarmupStore
 
 log = get_logger("warmupd.daemon")
 

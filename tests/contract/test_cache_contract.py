@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from warmupd.cache import CacheStore, forecast_key, insights_key
 from warmupd.models import Comparison, Freshness
 from warmupd.state import Database
-from warmupd.store import ComparisonStore
+from warmupd.state.cache import CacheStore, forecast_key, insights_key
+from warmupd.state.store import ComparisonStore
 
 NOW = 1_767_225_600_000
 FRESH, STALE = 1_000, 5_000

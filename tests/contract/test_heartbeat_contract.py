@@ -15,8 +15,8 @@ import pytest
 from tests.fakes import FakeClock
 from warmupd.heartbeat import SKEW_LIMIT_MS, Heartbeat, interval_s
 from warmupd.models import RunStatus, Trigger
-from warmupd.runs import NodeStore, RunStore
 from warmupd.state import Database
+from warmupd.state.runs import NodeStore, RunStore
 
 LEASE_MS = 60_000
 # Node ids on no real host: the "pid is dead on this host" shortcut never applies to them.

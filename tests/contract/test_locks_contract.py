@@ -11,10 +11,10 @@ import pytest
 
 from tests.contract.conftest import Harness
 from tests.lock_support import wait_for_condition
-from warmupd.cache import CacheStore
 from warmupd.errors import LockedElsewhere, LockLost, ServiceUnavailable
 from warmupd.locks import Locks, drain_background, hold, lease_margin_ms, renewing
 from warmupd.models import Acquired, AcquireResult, Held, Lease, Unavailable
+from warmupd.state.cache import CacheStore
 from warmupd.state.sqlite import SqliteDatabase
 
 LEASE_MS = 3_000

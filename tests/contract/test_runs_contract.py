@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from warmupd.models import RunStatus, Trigger
-from warmupd.runs import NodeStore, RunStore, recover_abandoned
 from warmupd.state import Database
+from warmupd.state.runs import NodeStore, RunStore, recover_abandoned
 
 NOW = 1_767_225_600_000
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from warmupd.models import WarmupState
-from warmupd.pauses import PauseStore
 from warmupd.state import Database
-from warmupd.store import ScheduleStore, WarmupStore
+from warmupd.state.pauses import PauseStore
+from warmupd.state.store import ScheduleStore, WarmupStore
 
 
 async def test_schedule_state_round_trip_and_never_fired_stays_null(state: Database) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from warmupd.cache import CacheStore
 from warmupd.clock import Clock, SystemClock
 from warmupd.config import Config
 from warmupd.jobs.base import Job
@@ -13,8 +12,9 @@ from warmupd.jobs.housekeeping import HousekeepingJob, PurgeLocks
 from warmupd.jobs.insights import InsightsJob
 from warmupd.jobs.kinds import build_kind_jobs
 from warmupd.jobs.parts import Warmer
-from warmupd.runs import NodeStore, RunStore
-from warmupd.store import ComparisonStore, WarmupStore
+from warmupd.state.cache import CacheStore
+from warmupd.state.runs import NodeStore, RunStore
+from warmupd.state.store import ComparisonStore, WarmupStore
 
 
 def build_jobs(

@@ -6,7 +6,7 @@ from warmupd.config import JOB_FORECASTS
 from warmupd.jobs.base import Fencing, ItemOutcome, Job, RunSettings
 from warmupd.jobs.parts import FORECAST_A, FORECAST_B, Warmer
 from warmupd.models import Comparison
-from warmupd.store import ComparisonStore
+from warmupd.state.store import ComparisonStore
 
 
 class ForecastsJob(Job[Comparison]):

@@ -6,11 +6,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from warmupd.cache import CacheStore
 from warmupd.config import JOB_HOUSEKEEPING
 from warmupd.jobs.base import Fencing, ItemOutcome, Job, RunSettings
-from warmupd.runs import NodeStore, RunStore
-from warmupd.store import WarmupStore
+from warmupd.state.cache import CacheStore
+from warmupd.state.runs import NodeStore, RunStore
+from warmupd.state.store import WarmupStore
 
 PurgeLocks = Callable[[int], Awaitable[tuple[int, int]]]
 """Deletes expired fire claims and free or expired lock rows without resetting any fence;

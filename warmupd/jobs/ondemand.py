@@ -33,8 +33,8 @@ from warmupd.logs import get_logger, outcome_level
 from warmupd.metrics import Metrics
 from warmupd.models import Acquired, Comparison, Held, RunStatus, Trigger, WarmupState
 from warmupd.promtext import CounterChild
-from warmupd.runs import RunStore
-from warmupd.store import ComparisonStore, WarmupStore
+from warmupd.state.runs import RunStore
+from warmupd.state.store import ComparisonStore, WarmupStore
 
 log = get_logger("warmupd.ondemand")
 

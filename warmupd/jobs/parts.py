@@ -13,14 +13,6 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
-from warmupd.cache import (
-    FORECAST,
-    INSIGHTS,
-    CacheStore,
-    StoredEntry,
-    forecast_key,
-    insights_key,
-)
 from warmupd.clock import Clock
 from warmupd.config import CacheConfig, ForecastConfig
 from warmupd.errors import LockLost
@@ -29,6 +21,14 @@ from warmupd.jobs.snapshots import PartsRead, PartState, Snapshot, Verdict
 from warmupd.models import Comparison, ComparisonHead, Freshness
 from warmupd.producers import InsightsProducer
 from warmupd.producers.forecast import PREDICTION_ENGINE_VERSION, forecast_term
+from warmupd.state.cache import (
+    FORECAST,
+    INSIGHTS,
+    CacheStore,
+    StoredEntry,
+    forecast_key,
+    insights_key,
+)
 
 T = TypeVar("T")
 

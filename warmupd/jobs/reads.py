@@ -27,7 +27,7 @@ from warmupd.jobs.parts import (
 )
 from warmupd.logs import get_logger
 from warmupd.models import Comparison, Freshness, WarmupState
-from warmupd.store import ComparisonStore, WarmupStore
+from warmupd.state.store import ComparisonStore, WarmupStore
 
 log = get_logger("warmupd.reads")
 

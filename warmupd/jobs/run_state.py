@@ -11,7 +11,7 @@ from warmupd.errors import DatabaseUnavailable
 from warmupd.jobs.base import ItemOutcome, ItemResult
 from warmupd.logs import get_logger
 from warmupd.models import RunRecord, RunStatus
-from warmupd.runs import RunStore
+from warmupd.state.runs import RunStore
 
 log = get_logger("warmupd.jobs")
 

@@ -34,8 +34,8 @@ from warmupd.locks.holder import describe_holder
 from warmupd.logs import get_logger, outcome_level
 from warmupd.metrics import Metrics
 from warmupd.models import Acquired, Fire, Held, Lease, RunRecord, RunStatus, Trigger
-from warmupd.runs import RunStore
 from warmupd.scheduler_loop import Misfire
+from warmupd.state.runs import RunStore
 
 log = get_logger("warmupd.jobs")
 

@@ -12,9 +12,9 @@ from warmupd.errors import NotFound
 from warmupd.jobs.run_state import RunHandle
 from warmupd.jobs.runner import JobRunner
 from warmupd.models import RunRecord, RunStatus, Trigger
-from warmupd.pauses import PauseStore
-from warmupd.runs import RunStore
 from warmupd.scheduler_loop import Scheduler
+from warmupd.state.pauses import PauseStore
+from warmupd.state.runs import RunStore
 
 
 def render_run(record: RunRecord) -> dict[str, Any]:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from warmupd.cache import StoredEntry
 from warmupd.models import ComparisonHead, Freshness
+from warmupd.state.cache import StoredEntry
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Repositories over the state database: comparisons, schedule state and warmup status rows.
 
-Cache entries live in :mod:`warmupd.cache`, job runs in :mod:`warmupd.runs`. Every timestamp is integer epoch milliseconds; every method takes
+Cache entries live in :mod:`warmupd.state.cache`, job runs in :mod:`warmupd.state.runs`. Every timestamp is integer epoch milliseconds; every method takes
 ``now_ms`` where time matters, so tests decide what "now" is.
 """
 
