@@ -9,7 +9,7 @@ from __future__ import annotations
 import itertools
 import json
 import secrets
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
 from warmupd.clock import ms_to_iso
 from warmupd.errors import Busy, LockedElsewhere, WarmupdError
@@ -105,28 +105,23 @@ def new_request_id() -> str:
     return f"{_REQUEST_ID_PREFIX}{next(_request_numbers) & 0xFFFFFFFF:08x}"
 
 
-class Memo(Generic[K, V]):
-    """A bounded memo of a pure function's results: at most ``size`` entries, oldest out first."""
+class Memo(dict[K, V]):
+    """A bounded memo of a pure function's results: at most ``size`` entries, oldest out first.
+
+    A ``dict`` (``get`` is the dict's own, the cheapest lookup there is); add only with :meth:`put`.
+    """
 
     def __init__(self, size: int) -> None:
         if size < 1:
             raise ValueError("a memo holds at least one entry")
+        super().__init__()
         self.size = size
-        self._items: dict[K, V] = {}
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def get(self, key: K) -> V | None:
-        """The value kept for ``key``, if any."""
-        return self._items.get(key)
 
     def put(self, key: K, value: V) -> None:
         """Keep ``value`` for ``key``, dropping the oldest entry when full."""
-        items = self._items
-        if key not in items and len(items) >= self.size:
-            del items[next(iter(items))]
-        items[key] = value
+        if key not in self and len(self) >= self.size:
+            del self[next(iter(self))]
+        self[key] = value
 
 
 _ANSWERS: Memo[tuple[tuple[str, str], ...], tuple[int, bytes]] = Memo(4096)
