@@ -77,7 +77,7 @@ def _page(template: str, request: web.Request, code: int = 200, **context: Any) 
 
 
 def _see_other(location: str) -> web.Response:
-    # Returned, not raised: the API's error middleware turns raised HTTP exceptions into JSON.
+    # Returned, not raised: the API's edge (http.edge) turns raised HTTP exceptions into JSON.
     return web.Response(status=303, headers={"Location": location})
 
 
