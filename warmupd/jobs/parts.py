@@ -112,8 +112,6 @@ class Warmer:
         self._forgets = 0
         self._snapshots: OrderedDict[str, Snapshot] = OrderedDict()
         self._snapshot_bytes = 0
-        self._version_of: object = None
-        self._insights_version = ""
 
     def start_cpu(self) -> None:
         """A run that computes parts is starting: have the CPU runner start its workers now."""
@@ -122,13 +120,7 @@ class Warmer:
     @property
     def insights_version(self) -> str:
         """The version an insight pack must carry to count as current."""
-        insights = self.insights
-        if insights is not self._version_of:  # built once per settings object (bench P3/P7)
-            self._version_of = insights
-            self._insights_version = (
-                f"{insights.provider}/{insights.model}/{insights.prompt_version}"
-            )
-        return self._insights_version
+        return f"{self.insights.provider}/{self.insights.model}/{self.insights.prompt_version}"
 
     def applicable(self, points: int) -> list[str]:
         """The parts a comparison of ``points`` points can have: no forecasts below ``min_points``.
