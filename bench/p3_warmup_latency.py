@@ -1,11 +1,14 @@
 """P3 — ``POST /api/comparison/warmup`` p99 under 200 connections vs a bare aiohttp handler; single flight.
 
-Run: ``python -m bench.p3_warmup_latency`` (~60 s; ``--quick`` for a small smoke run; ``--tool
-wrk|aiohttp`` picks the load generator, default wrk, installed with apt-get when missing;
-``--threads`` for wrk).
+Run: ``python -m bench.p3_warmup_latency`` (~100 s; ``--quick`` for a small smoke run;
+``--backend sqlite|postgresql|both``, default both; ``--tool wrk|aiohttp`` picks the load
+generator, default wrk, installed with apt-get when missing; ``--threads`` for wrk).
 
-One real daemon (``python -m warmupd serve``, SQLite, builtin insights, ``pool_workers = 2``) with
-``warmupd demo-data`` comparisons; the two warmup jobs are run for the most popular ones first.
+One real daemon (``python -m warmupd serve``, builtin insights, ``pool_workers = 2``) with
+``warmupd demo-data`` comparisons; the two warmup jobs are run for the most popular ones first. Its
+state is in the SQLite file, then in a fresh PostgreSQL database (SPEC §14; created and dropped by
+the benchmark, locks in Redis under a private prefix): every step below runs on each backend, with
+the reference measured again beside it.
 
 1. **Single flight**: 1,000 concurrent POSTs (1,000 connections, aiohttp in this process) for one
    comparison that is not warm. Verified from the outside through the run log: ``GET
@@ -40,6 +43,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench import pg
 from bench.common import Result, Verdict, finish, machine_line
 from bench.loadgen import Request, cpu_note, cpu_per_answer_ratio, pick_tool, run_load
 from bench.procs import BenchApp, BenchDaemon, http_raw, pool_workers
@@ -142,9 +146,28 @@ def measure(
     repetitions: int,
     tool: str,
     threads: int = THREADS,
+    backend: str = "sqlite",
 ) -> dict[str, Any]:
     """Everything P3 reports (see the module docstring)."""
-    daemon = BenchDaemon(workdir / "daemon", {"daemon": {"pool_workers": 2}})
+    workdir = workdir / backend
+    extra = {"daemon": {"pool_workers": 2}}
+    with pg.bench_daemon(backend, workdir / "daemon", extra, "p3") as daemon:
+        return {"backend": backend} | _measure(
+            daemon, workdir, warm_n, cold_n, burst, duration_s, repetitions, tool, threads
+        )
+
+
+def _measure(
+    daemon: BenchDaemon,
+    workdir: Path,
+    warm_n: int,
+    cold_n: int,
+    burst: int,
+    duration_s: float,
+    repetitions: int,
+    tool: str,
+    threads: int,
+) -> dict[str, Any]:
     daemon.demo_data(warm_n + cold_n + 1)
     with daemon.start():
         for job in ("warmup-forecasts", "warmup-ai-explanations"):
@@ -209,22 +232,39 @@ def measure(
     }
 
 
-def run(quick: bool = False, tool: str = "auto", threads: int = THREADS) -> Result:
-    """Run P3 and return its verdicts (printed and saved under ``bench/results/``)."""
+def run(
+    quick: bool = False, tool: str = "auto", threads: int = THREADS, backend: str = "both"
+) -> Result:
+    """Run P3 on each backend and return its verdicts (printed and saved under ``bench/results/``)."""
     started = time.perf_counter()
     print(f"[p3_warmup_latency] machine: {machine_line()}")
     chosen = pick_tool(tool)
-    with tempfile.TemporaryDirectory(prefix="warmupd-bench-p3-") as tmp:
-        data = measure(
-            Path(tmp),
-            warm_n=3 if quick else 40,
-            cold_n=5 if quick else 100,
-            burst=100 if quick else 1000,
-            duration_s=2.0 if quick else 5.0,
-            repetitions=1 if quick else 3,
-            tool=chosen,
-            threads=threads,
-        )
+    data: dict[str, Any] = {"tool": chosen, "connections": CONNECTIONS}
+    verdicts: list[Verdict] = []
+    for name in pg.backends(backend):
+        if name == "postgresql" and (why := pg.available()) is not None:
+            verdicts.append(pg.not_measured("P3", why))
+            continue
+        with tempfile.TemporaryDirectory(prefix="warmupd-bench-p3-") as tmp:
+            data[name] = measure(
+                Path(tmp),
+                warm_n=3 if quick else 40,
+                cold_n=5 if quick else 100,
+                burst=100 if quick else 1000,
+                duration_s=2.0 if quick else 5.0,
+                repetitions=1 if quick else 3,
+                tool=chosen,
+                threads=threads,
+                backend=name,
+            )
+        verdicts += _verdicts(data[name], chosen, threads)
+    return finish(Result(name="p3_warmup_latency", verdicts=verdicts, data=data), started)
+
+
+def _verdicts(data: dict[str, Any], chosen: str, threads: int) -> list[Verdict]:
+    """Print one backend's figures; its verdicts."""
+    backend = data["backend"]
+    print(f"  {backend}:")
     ready = data["ready"]
     p99 = {name: statistics.median(r["p99_ms"] for r in ready[name]) for name in ready}
     p50 = {name: statistics.median(r["p50_ms"] for r in ready[name]) for name in ready}
@@ -236,25 +276,23 @@ def run(quick: bool = False, tool: str = "auto", threads: int = THREADS) -> Resu
     flight = data["single_flight"]
     for name in ready:
         print(
-            f"  ready  {name:8} p50 {p50[name]:6.2f} ms  p99 {p99[name]:6.2f} ms  "
+            f"    ready  {name:8} p50 {p50[name]:6.2f} ms  p99 {p99[name]:6.2f} ms  "
             f"{rps[name]:7.0f} req/s  (p99 runs {[round(r['p99_ms'], 1) for r in ready[name]]}); "
             f"{cpu_note(ready[name])[0]}"
         )
     note, rejected = cpu_note([*ready["warmupd"], *ready["bare"], queued])
     cpu_ratio = cpu_per_answer_ratio(ready["warmupd"], ready["bare"])
     if cpu_ratio is not None:
-        print(f"  server CPU per answer, ready path: warmupd / reference = {cpu_ratio:.2f}")
+        print(f"    server CPU per answer, ready path: warmupd / reference = {cpu_ratio:.2f}")
     print(
-        f"  queued warmupd  p50 {queued['p50_ms']:6.2f} ms  p99 {queued['p99_ms']:6.2f} ms  "
+        f"    queued warmupd  p50 {queued['p50_ms']:6.2f} ms  p99 {queued['p99_ms']:6.2f} ms  "
         f"{queued['rps']:7.0f} req/s  ({data['cold_slugs']} cold slugs, "
         f"{data['paused_workers']} pool workers paused)"
     )
     print(
-        f"  single flight: {flight['requests']} requests → answers {flight['answers']}, runs {flight['runs']}"
+        f"    single flight: {flight['requests']} requests → answers {flight['answers']}, runs {flight['runs']}"
     )
     data.update(
-        tool=chosen,
-        connections=CONNECTIONS,
         p99_ms=p99,
         p50_ms=p50,
         rps=rps,
@@ -263,10 +301,10 @@ def run(quick: bool = False, tool: str = "auto", threads: int = THREADS) -> Resu
         cpu_per_answer_ratio=cpu_ratio,
     )
     goal = "met" if ratio <= GOAL_RATIO else "not met"
-    verdicts = [
+    return [
         Verdict(
             target="P3",
-            what=f"POST warmup p99, ready path, {CONNECTIONS} connections",
+            what=f"POST warmup p99, ready path, {backend}, {CONNECTIONS} connections",
             figure=f"p99 {p99['warmupd']:.2f} ms (p50 {p50['warmupd']:.2f} ms)",
             reference=f"strict reference p99 {p99['bare']:.2f} ms (p50 {p50['bare']:.2f} ms, "
             f"{chosen} -t{threads}; {note})",
@@ -276,7 +314,7 @@ def run(quick: bool = False, tool: str = "auto", threads: int = THREADS) -> Resu
         ),
         Verdict(
             target="P3",
-            what=f"POST warmup p99, queued path, {CONNECTIONS} connections",
+            what=f"POST warmup p99, queued path, {backend}, {CONNECTIONS} connections",
             figure=f"p99 {queued['p99_ms']:.2f} ms (p50 {queued['p50_ms']:.2f} ms)",
             reference=f"strict reference p99 {p99['bare']:.2f} ms (ready runs above)",
             ratio=q_ratio,
@@ -287,7 +325,7 @@ def run(quick: bool = False, tool: str = "auto", threads: int = THREADS) -> Resu
         ),
         Verdict(
             target="P3",
-            what=f"single flight, {flight['requests']} concurrent requests for one slug",
+            what=f"single flight, {backend}, {flight['requests']} concurrent requests for one slug",
             figure=f"{len(flight['runs'])} on-demand run(s), processed "
             f"{[r['processed'] for r in flight['runs']]}",
             reference="exactly 1 run, processed = 1",
@@ -296,17 +334,17 @@ def run(quick: bool = False, tool: str = "auto", threads: int = THREADS) -> Resu
             met=bool(flight["exactly_one"]),
         ),
     ]
-    return finish(Result(name="p3_warmup_latency", verdicts=verdicts, data=data), started)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m bench.p3_warmup_latency [--quick] [--tool auto|wrk|aiohttp]``; exit 1 if missed."""
+    """``python -m bench.p3_warmup_latency [--quick] [--backend …] [--tool …]``; exit 1 if missed."""
     parser = argparse.ArgumentParser(prog="python -m bench.p3_warmup_latency", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small sizes, one 2 s run each")
+    parser.add_argument("--backend", default="both", choices=["both", *pg.BACKENDS])
     parser.add_argument("--tool", default="auto", choices=["auto", "wrk", "aiohttp"])
     parser.add_argument("--threads", type=int, default=THREADS, help="wrk threads")
     args = parser.parse_args(argv)
-    result = run(args.quick, args.tool, args.threads)
+    result = run(args.quick, args.tool, args.threads, args.backend)
     return 0 if all(v.met for v in result.verdicts) else 1
 
 

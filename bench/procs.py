@@ -196,10 +196,14 @@ class BenchDaemon:
     """``python -m warmupd serve`` on a temporary state dir with a bench config and fresh secrets.
 
     :param extra: config tables merged over the base (``{"daemon": {"pool_workers": 2}}`` …).
+    :param database_url: the state in this PostgreSQL database instead of the SQLite file.
     """
 
-    def __init__(self, workdir: Path, extra: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, workdir: Path, extra: dict[str, Any] | None = None, database_url: str | None = None
+    ) -> None:
         self.dir = workdir
+        self.database_url = database_url
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.job_secret = secrets.token_hex(16)
@@ -214,6 +218,8 @@ class BenchDaemon:
                 "housekeeping": {"schedule": "17 4 1 1 *"},
             },
         }
+        if database_url is not None:
+            config["database"] = {"url": database_url}
         for table, values in (extra or {}).items():
             if isinstance(values, dict) and isinstance(config.get(table), dict):
                 merged = dict(config[table])
@@ -329,8 +335,19 @@ class BenchDaemon:
                 raise RuntimeError(f"{slug} is not warm: HTTP {status} {str(pack)[:200]}")
         return slugs
 
+    @property
+    def backend(self) -> str:
+        """``sqlite`` or ``postgresql``."""
+        return "sqlite" if self.database_url is None else "postgresql"
+
     def slugs(self, limit: int = 1000) -> list[str]:
-        """Slugs in the state file, in slug order (read directly; the daemon is the API's owner)."""
+        """Slugs in the state, in slug order (read directly; the daemon is the API's owner)."""
+        if self.database_url is not None:
+            from bench import pg
+
+            url = self.database_url
+            sql = f"SELECT slug FROM comparisons ORDER BY slug LIMIT {int(limit)}"
+            return [str(s) for s in pg.run_async(lambda: pg.fetch_column(url, sql))]
         import sqlite3
 
         with sqlite3.connect(self.dir / "state" / "warmupd.db") as db:

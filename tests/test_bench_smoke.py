@@ -26,6 +26,7 @@ from bench import (
     p6_memory,
     p7_pack_throughput,
     p8_selection,
+    pg,
 )
 from bench.procs import BenchApp, BenchDaemon, http_raw, pool_workers
 from tests.lock_support import require_redis
@@ -93,6 +94,27 @@ async def test_p8_smoke(tmp_path: Path) -> None:
         pass
     p8_selection.generate(path, 3_000)
     data = await p8_selection.measure(path, 2)
+    assert data["forecasts"]["rows"] == 50
+    assert data["insights"]["rows"] == 30
+    assert data["insights_worst"]["rows"] == 0
+    assert data["forecasts_worst"]["rows"] == 10
+    assert any("comparisons_popularity" in line for line in data["plan_forecasts"])
+
+
+def _database_exists(url: str) -> bool:
+    name = url.rsplit("/", 1)[1]
+    found = pg.run_async(lambda: pg.fetch_column(pg.ADMIN_URL, "SELECT datname FROM pg_database"))
+    return name in found
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+async def test_p8_postgres_smoke() -> None:
+    require_postgres()
+    with pg.fresh_database("smoke") as url:
+        data = await p8_selection.measure_postgres(url, 3_000, 2)
+        assert _database_exists(url)
+    assert not _database_exists(url)  # dropped afterwards
     assert data["forecasts"]["rows"] == 50
     assert data["insights"]["rows"] == 30
     assert data["insights_worst"]["rows"] == 0
@@ -205,6 +227,25 @@ def test_p7_smoke(tmp_path: Path) -> None:
         (one,) = data["runs"][name]
         assert one["requests"] > 0
         assert one["non2xx"] == one["errors"] == 0
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+@pytest.mark.redis
+def test_p7_postgres_smoke(tmp_path: Path) -> None:
+    """The daemon with its state in a fresh PostgreSQL database, dropped afterwards."""
+    require_postgres()
+    require_redis()
+    data = p7_pack_throughput.measure(
+        tmp_path, comparisons=2, duration_s=0.5, repetitions=1, tool="aiohttp", backend="postgresql"
+    )
+    assert (data["backend"], data["slugs"]) == ("postgresql", 2)
+    for name in ("warmupd", "bare"):
+        (one,) = data["runs"][name]
+        assert one["requests"] > 0
+        assert one["non2xx"] == one["errors"] == 0
+    left = pg.run_async(lambda: pg.fetch_column(pg.ADMIN_URL, "SELECT datname FROM pg_database"))
+    assert not [n for n in left if str(n).startswith(f"warmupd_bench_p7_{os.getpid()}_")]
 
 
 def test_p10_smoke() -> None:

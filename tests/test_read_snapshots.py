@@ -110,3 +110,23 @@ async def test_a_failing_version_check_fails_the_read_and_the_next_check_recover
     read = await warmer.read("s1")
     assert read is not None
     assert len(cache.statements) == 1  # nothing changed: still the first statement's snapshot
+
+
+async def test_kept_answers_only_what_snapshot_would_answer_without_waiting(
+    setup: tuple[Warmer, Counting, FakeClock],
+) -> None:
+    warmer, cache, clock = setup
+    assert warmer.kept("s1") is None  # nothing read yet
+    first = await warmer.snapshot("s1")
+    assert first is not None
+    assert warmer.kept("s1") is None  # the version was never checked: a check is due
+    assert await warmer.snapshot("s1") is first  # makes the check
+    assert warmer.kept("s1") is first
+    assert warmer.kept("s1", values=True) is None  # kept without the texts
+    await clock.advance(CHANGE_CHECK_S)
+    assert warmer.kept("s1") is None  # a check is due again
+    assert await warmer.snapshot("s1") is first
+    assert warmer.kept("s1") is first
+    warmer.forget("s1")  # this process wrote it
+    assert warmer.kept("s1") is None
+    assert len(cache.statements) == 1

@@ -2,8 +2,8 @@
 
 Every error the daemon raises on purpose is a :class:`WarmupdError`. Each subclass carries the data a
 caller needs and knows its outside form: ``code`` and ``http_status`` for the API envelope
-``{"error": code, "message": ...}``, ``exit_code`` for the CLI. The HTTP middleware and the CLI map
-errors through these attributes only, so adding an error never touches either edge.
+``{"error": code, "message": ...}``, ``exit_code`` for the CLI. The HTTP edge (``http.edge``) and
+the CLI map errors through these attributes only, so adding an error never touches either edge.
 """
 
 from __future__ import annotations

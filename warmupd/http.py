@@ -1,37 +1,28 @@
 """The HTTP edge: ``create_app(services) -> web.Application`` (SPEC §9).
 
-Handlers parse → call a service → render. One middleware maps the error hierarchy to the envelope
-``{"error": code, "message": ...}``, stamps ``X-Request-Id`` on every response and never lets a stack
-trace reach a client. Nothing here writes SQL or knows which lock backend is in use. The service
+Handlers parse → call a service → render. One wrapper around every route, :func:`edge`, maps the
+error hierarchy to the envelope ``{"error": code, "message": ...}``, stamps ``X-Request-Id`` on every
+response, counts it and never lets a stack trace reach a client; a catch-all route does the same for
+requests no route matches. Nothing here writes SQL or knows which lock backend is in use. The service
 protocols live in :mod:`warmupd.services` and are re-exported here.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
-import secrets as pysecrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 from aiohttp import web
 
 from warmupd import render, schemas
 from warmupd.auth import Scope, check_secret
 from warmupd.config import Secrets
-from warmupd.errors import (
-    Busy,
-    InvalidRequest,
-    LockedElsewhere,
-    NotFound,
-    PayloadTooLarge,
-    UnsupportedMediaType,
-    WarmupdError,
-)
-from warmupd.json_input import decode_json
+from warmupd.errors import NotFound, PayloadTooLarge, WarmupdError
+from warmupd.json_input import decode_body
 from warmupd.logs import get_logger
 from warmupd.metrics import CONTENT_TYPE, Metrics
 from warmupd.models import Trigger
@@ -55,14 +46,6 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 T = TypeVar("T")
 
 
-class Middleware(Protocol):
-    """What ``web.Application(middlewares=…)`` takes."""
-
-    def __call__(
-        self, request: web.Request, handler: Handler
-    ) -> Awaitable[web.StreamResponse]: ...  # pragma: no cover
-
-
 @dataclass(frozen=True, kw_only=True)
 class Services:
     """Everything the handlers reach, stored once on the application."""
@@ -80,8 +63,8 @@ class Services:
 
 
 SERVICES = web.AppKey("services", Services)
-_UNMATCHED = "unmatched"
-
+UNMATCHED = "unmatched"
+"""The metrics label of requests no route matches (404 and 405)."""
 
 _JSON_HEADERS = {"Content-Type": "application/json; charset=utf-8"}
 """Given as a header, not as ``content_type``/``charset``: aiohttp then skips assembling the same
@@ -92,95 +75,128 @@ def json_response(
     data: Any, status: int = 200, headers: dict[str, str] | None = None
 ) -> web.Response:
     """A JSON response with ``application/json; charset=utf-8``."""
+    return json_bytes_response(json.dumps(data).encode(), status, headers)
+
+
+def json_bytes_response(
+    body: bytes, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
+    """A response of JSON already encoded."""
     return web.Response(
-        body=json.dumps(data).encode(),
-        status=status,
-        headers={**_JSON_HEADERS, **headers} if headers else _JSON_HEADERS,
+        body=body, status=status, headers={**_JSON_HEADERS, **headers} if headers else _JSON_HEADERS
     )
 
 
-def error_body(code: str, message: str) -> dict[str, str]:
-    """The error envelope."""
-    return {"error": code, "message": message}
-
-
 def _http_error(request: web.Request, exc: web.HTTPException) -> web.Response:
-    if exc.status == 404:
-        body = error_body("not_found", "no route matches this path")
-    elif exc.status == 405:
-        allowed = exc.headers.get("Allow", "")
-        body = error_body(
-            "method_not_allowed", f"{request.method} is not allowed here (allowed: {allowed})"
-        )
-    elif exc.status == 413:
-        body = error_body("payload_too_large", "the request body is too large")
-    else:
-        code = "invalid_request" if exc.status < 500 else "internal"
-        body = error_body(code, exc.reason)
-    response = json_response(body, status=exc.status)
-    if "Allow" in exc.headers:
-        response.headers["Allow"] = exc.headers["Allow"]
-    return response
+    allow = exc.headers.get("Allow")
+    body = render.http_error_body(exc.status, exc.reason, request.method, allow)
+    return json_response(body, exc.status, {"Allow": allow} if allow is not None else None)
 
 
-_REQUEST_ID_PREFIX = pysecrets.token_hex(4)
-_request_numbers = itertools.count(1)
+_PATH_CHECKS: dict[str, Callable[[str], object]] = {
+    "slug": schemas.validate_slug,
+    "job": schemas.validate_job_name,
+}
+"""Path parameters validated before anything else runs (the secret check included)."""
 
 
-def new_request_id() -> str:
-    """16 hex digits, unique per process: a random prefix drawn at start and a counter.
+def edge(
+    services: Services,
+    template: str,
+    handler: Handler,
+    *,
+    scope: Scope = Scope.NONE,
+    check_path: bool = False,
+    headers: Mapping[str, str] | None = None,
+) -> Handler:
+    """Wrap a route's handler in the edge: request id, path parameters, secret, errors, metrics.
 
-    A request id needs to be unique, not unguessable; the counter spares every request a
-    ``getrandom`` system call (bench P3/P7).
+    Every route of the application goes through this, and unmatched requests through
+    :func:`add_unmatched`, so the application needs no middleware: aiohttp wraps each request in
+    two more coroutines for any middleware (bench P3/P7). Errors become the envelope
+    ``{"error", "message"}`` (never a stack trace), every response carries ``X-Request-Id``
+    (the client's if printable and at most 64 characters), and each response is counted under
+    ``template`` and its status code, the series looked up once per code.
+
+    :param template: the route's path template, its metrics label.
+    :param scope: who may call it (:func:`warmupd.auth.check_secret`).
+    :param check_path: validate ``{slug}`` and ``{job}`` first (before the secret).
+    :param headers: added to every response of the route, errors included.
     """
-    return f"{_REQUEST_ID_PREFIX}{next(_request_numbers) & 0xFFFFFFFF:08x}"
+    checks = [(name, fn) for name, fn in _PATH_CHECKS.items() if f"{{{name}}}" in template]
+    checks = checks if check_path else []
+    metrics = services.metrics
+    counters: dict[int, CounterChild] = {}
+    durations: list[HistogramChild] = []
+    needs_secret = scope is not Scope.NONE
 
-
-def edge_middleware(metrics: Metrics) -> Middleware:
-    """The one middleware: map errors to the envelope, stamp ``X-Request-Id``, count and time.
-
-    One layer instead of two (each costs aiohttp a wrapper per request), and the metric series of
-    each (route template, code) are looked up once, then kept.
-    """
-    series: dict[tuple[str, int], tuple[CounterChild, HistogramChild]] = {}
-
-    @web.middleware
-    async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
+    async def route(request: web.Request) -> web.StreamResponse:
         started = time.monotonic()
         request_id = request.headers.get("X-Request-Id", "")
         if not request_id or len(request_id) > 64 or not request_id.isprintable():
-            request_id = new_request_id()
+            request_id = render.new_request_id()
         try:
+            for name, check in checks:
+                check(request.match_info[name])
+            # READ routes are open unless read_auth is on: the secrets are then not even fetched.
+            if needs_secret and (scope is not Scope.READ or services.read_auth()):
+                check_secret(scope, request.headers, services.secrets(), read_auth=True)
             response = await handler(request)
-        except WarmupdError as exc:
-            headers = {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, Busy) else None
-            body: dict[str, Any] = error_body(exc.code, exc.message)
-            if isinstance(exc, Busy) and exc.run_id is not None:
-                body["runId"] = exc.run_id
-            if isinstance(exc, LockedElsewhere) and exc.node is not None:
-                body["node"] = exc.node
-            response = json_response(body, status=exc.http_status, headers=headers)
-        except web.HTTPException as exc:
-            response = _http_error(request, exc)
-        except Exception:
-            log.exception("http.unhandled_error", request_id=request_id, path=request.path)
-            response = json_response(
-                error_body("internal", f"internal error (request id {request_id})"), status=500
-            )
+        except Exception as exc:  # noqa: BLE001 - mapped, and logged when not deliberate
+            response = _error_response(request, exc, request_id)
         response.headers["X-Request-Id"] = request_id
-        resource = request.match_info.route.resource
-        key = (resource.canonical if resource is not None else _UNMATCHED, response.status)
-        pair = series.get(key)
-        if pair is None:
-            pair = series[key] = (
-                metrics.http_requests.labels(route=key[0], code=str(key[1])),
-                metrics.http_request_duration.labels(route=key[0]),
+        if headers:
+            response.headers.update(headers)
+        status = response.status
+        counter = counters.get(status)
+        if counter is None:
+            counter = counters[status] = metrics.http_requests.labels(
+                route=template, code=str(status)
             )
-        pair[0].inc()
-        pair[1].observe(time.monotonic() - started)
+        if not durations:
+            durations.append(metrics.http_request_duration.labels(route=template))
+        counter.inc()
+        durations[0].observe(time.monotonic() - started)
         return response
 
-    return edge
+    return route
+
+
+def _error_response(request: web.Request, exc: Exception, request_id: str) -> web.Response:
+    if isinstance(exc, WarmupdError):
+        status, body, headers = render.error_answer(exc)
+        return json_response(body, status, headers)
+    if isinstance(exc, web.HTTPException):
+        return _http_error(request, exc)
+    log.exception("http.unhandled_error", request_id=request_id, path=request.path)
+    return json_response(
+        render.error_body("internal", f"internal error (request id {request_id})"), status=500
+    )
+
+
+def add_unmatched(
+    app: web.Application, prefix: str = "", headers: Mapping[str, str] | None = None
+) -> None:
+    """Answer requests no route of ``app`` matches under ``prefix`` (404, or 405 with ``Allow``).
+
+    A catch-all route: aiohttp tries it after every more specific path, so it only sees requests
+    that would otherwise be aiohttp's own plain-text 404/405. It finds the methods other routes
+    allow for the path (``Allow`` of a 405) by asking each of them; that walk is on the error path
+    only.
+    """
+
+    async def unmatched(request: web.Request) -> web.StreamResponse:
+        allowed: set[str] = set()
+        for resource in request.app.router.resources():
+            match, methods = await resource.resolve(request)
+            if match is None:
+                allowed |= methods
+        if allowed:
+            raise web.HTTPMethodNotAllowed(request.method, allowed)
+        raise web.HTTPNotFound
+
+    route = edge(app[SERVICES], UNMATCHED, unmatched, headers=headers)
+    app.router.add_route("*", prefix + "/{tail:.*}", route)
 
 
 def _query(request: web.Request) -> dict[str, list[str]]:
@@ -190,58 +206,40 @@ def _query(request: web.Request) -> dict[str, list[str]]:
     return {key: request.query.getall(key) for key in set(request.query.keys())}
 
 
-async def read_json(request: web.Request, *, required: bool) -> object:
-    """Read and decode a JSON body, enforcing ``max_body_bytes`` before and while reading.
+async def read_body(request: web.Request) -> bytes:
+    """The request's body, refused past ``max_body_bytes`` before and while reading.
 
-    :returns: the decoded value, or ``None`` for an absent body when ``required`` is false.
-    :raises PayloadTooLarge, UnsupportedMediaType, InvalidRequest:
+    :raises PayloadTooLarge:
     """
     limit = request.app[SERVICES].max_body_bytes()
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"the request body exceeds {limit} bytes")
+    content = request.content
+    if content.is_eof():  # all of it has arrived (a small body comes with its headers)
+        raw = content.read_nowait()
+        if len(raw) > limit:
+            raise PayloadTooLarge(f"the request body exceeds {limit} bytes")
+        return raw
     # Counted here rather than by aiohttp's client_max_size, which is fixed when the application
     # is built: a SIGHUP may change the limit. What actually arrives is counted, so a chunked
     # body or a lying Content-Length is cut off while being read.
     body = bytearray()
-    while chunk := await request.content.readany():
+    while chunk := await content.readany():
         body += chunk
         if len(body) > limit:
             raise PayloadTooLarge(f"the request body exceeds {limit} bytes")
-    raw = bytes(body)
-    ctype = request.content_type
-    is_json = ctype == "application/json" or ctype.endswith("+json")
-    if not raw.strip():
-        # An empty body declared as JSON is invalid JSON, not "no body" (clients such as aiohttp
-        # label a bodiless POST application/octet-stream, which stays "no body").
-        if required or is_json:
-            raise InvalidRequest("body", "a JSON object is required")
-        return None
-    if not is_json:
-        raise UnsupportedMediaType(f"the body must be application/json, not {ctype[:80]}")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise InvalidRequest("body", "is not valid UTF-8") from None
-    value = decode_json(text)
-    if value is None:
-        # An explicit ``null`` is a body, and not an object; only an absent body means "defaults".
-        raise InvalidRequest("body", "must be a JSON object")
-    return value
+    return bytes(body)
 
 
-def _guarded(scope: Scope, handler: Handler) -> Handler:
-    """Validate path parameters, then check the secret, then run ``handler``."""
+async def read_json(request: web.Request, *, required: bool) -> object:
+    """Read and decode a JSON body (:func:`read_body`, then :func:`decode_body`)."""
+    return decode_body(await read_body(request), request.content_type, required=required)
 
-    async def guarded(request: web.Request) -> web.StreamResponse:
-        if "slug" in request.match_info:
-            schemas.validate_slug(request.match_info["slug"])
-        if "job" in request.match_info:
-            schemas.validate_job_name(request.match_info["job"])
-        services = request.app[SERVICES]
-        check_secret(scope, request.headers, services.secrets(), read_auth=services.read_auth())
-        return await handler(request)
 
-    return guarded
+_WARMUP_BODIES: render.Memo[tuple[str, bytes], tuple[str, str | None]] = render.Memo(4096)
+"""Warmup bodies that passed, by ``(Content-Type header, body)``: clients post the same few bodies
+again and again, and decoding and validating one is a pure function of those two. Short bodies
+only; the size limit and the secret are checked on every request all the same."""
 
 
 # --------------------------------------------------------------------------- handlers
@@ -335,10 +333,16 @@ async def get_run(request: web.Request) -> web.Response:
 
 async def request_warmup(request: web.Request) -> web.Response:
     """Queue an on-demand warmup; never waits for the computation."""
-    slug, data_hash = schemas.parse_warmup(await read_json(request, required=True))
-    answer = await request.app[SERVICES].comparisons.request_warmup(slug, data_hash)
-    code, body = render.warmup_answer(answer)
-    return json_response(body, status=code)
+    raw = await read_body(request)
+    key = (request.headers.get("Content-Type", ""), raw)
+    parsed = _WARMUP_BODIES.get(key)
+    if parsed is None:
+        parsed = schemas.parse_warmup(decode_body(raw, request.content_type, required=True))
+        if len(raw) <= 512:
+            _WARMUP_BODIES.put(key, parsed)
+    answer = await request.app[SERVICES].comparisons.request_warmup(*parsed)
+    code, body = render.warmup_answer_bytes(answer)
+    return json_bytes_response(body, status=code)
 
 
 async def warmup_status(request: web.Request) -> web.Response:
@@ -382,8 +386,9 @@ ROUTES: tuple[tuple[str, str, Handler, Scope], ...] = (
     ("POST", "/api/jobs/{job}/pause", pause_job, Scope.JOB),
     ("POST", "/api/jobs/{job}/resume", resume_job, Scope.JOB),
     ("POST", "/api/comparison/warmup", request_warmup, Scope.WARMUP),
-    ("GET", "/api/comparison/{slug}/status", warmup_status, Scope.READ),
+    # Routes of one prefix are tried in this order: the hot read before its status (bench P7).
     ("GET", "/api/comparison/{slug}", get_pack, Scope.READ),
+    ("GET", "/api/comparison/{slug}/status", warmup_status, Scope.READ),
     ("PUT", "/api/comparisons/{slug}", upsert_comparison, Scope.JOB),
     ("POST", "/api/comparisons/{slug}/views", add_views, Scope.JOB),
 )
@@ -421,9 +426,10 @@ def create_app(
     if max_body_now() < 1:
         raise ValueError("max_body_bytes must be positive")
     metrics = metrics if metrics is not None else Metrics()
-    # client_max_size only guards aiohttp's own readers; read_json enforces the live limit.
-    app = web.Application(middlewares=[edge_middleware(metrics)], client_max_size=max_body_now())
-    app[SERVICES] = Services(
+    # client_max_size only guards aiohttp's own readers; read_body enforces the live limit.
+    # No middleware: every route is wrapped in the edge instead (see edge()).
+    app = web.Application(client_max_size=max_body_now())
+    services = app[SERVICES] = Services(
         status=status_provider,
         jobs=jobs,
         comparisons=comparisons,
@@ -434,7 +440,9 @@ def create_app(
     )
     for method, path, handler, scope in ROUTES:
         # HEAD on GET routes would be an undocumented method; 405 keeps the surface exact.
-        app.router.add_route(method, _ROUTE_PATTERNS.get(path, path), _guarded(scope, handler))
+        route = edge(services, path, handler, scope=scope, check_path=True)
+        app.router.add_route(method, _ROUTE_PATTERNS.get(path, path), route)
+    add_unmatched(app)
     return app
 
 

@@ -12,7 +12,7 @@ import json
 import re
 from typing import Any
 
-from warmupd.errors import InvalidRequest
+from warmupd.errors import InvalidRequest, UnsupportedMediaType
 
 # A lone surrogate can only come from a ``\uD8xx``–``\uDFxx`` escape: strict UTF-8 decoding of the
 # body already refuses encoded surrogates. Valid pairs are joined by the decoder, so only text that
@@ -119,4 +119,31 @@ def decode_json(text: str) -> object:
         problem = _first_problem(_PAIRS.decode(text))
         if problem is not None:
             raise InvalidRequest(*problem)
+    return value
+
+
+def decode_body(raw: bytes, content_type: str, *, required: bool) -> object:
+    """Decode an HTTP request body strictly (:func:`decode_json`), by its media type.
+
+    :param content_type: the request's media type, without parameters (``application/json``).
+    :returns: the decoded value, or ``None`` for an absent body when ``required`` is false.
+    :raises UnsupportedMediaType, InvalidRequest:
+    """
+    is_json = content_type == "application/json" or content_type.endswith("+json")
+    if not raw.strip():
+        # An empty body declared as JSON is invalid JSON, not "no body" (clients such as aiohttp
+        # label a bodiless POST application/octet-stream, which stays "no body").
+        if required or is_json:
+            raise InvalidRequest("body", "a JSON object is required")
+        return None
+    if not is_json:
+        raise UnsupportedMediaType(f"the body must be application/json, not {content_type[:80]}")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidRequest("body", "is not valid UTF-8") from None
+    value = decode_json(text)
+    if value is None:
+        # An explicit ``null`` is a body, and not an object; only an absent body means "defaults".
+        raise InvalidRequest("body", "must be a JSON object")
     return value

@@ -120,7 +120,9 @@ class OnDemand:
         """
         # One round trip (or none: a snapshot in memory) answers everything below: the current
         # dataHash and the parts' states.
-        read = await self.warmer.snapshot(slug)
+        read = self.warmer.kept(slug)
+        if read is None:
+            read = await self.warmer.snapshot(slug)
         if read is None:
             raise NotFound(f"unknown comparison {slug!r}")
         current_hash = read.head.data_hash

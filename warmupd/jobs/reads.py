@@ -141,7 +141,9 @@ class ComparisonService:
         per snapshot of the comparison's state and kept with it; those two are judged again
         whenever the time passes a part's ``fresh_until`` or the insights version changes.
         """
-        snapshot = await self.warmer.snapshot(slug, values=True)
+        snapshot = self.warmer.kept(slug, values=True)
+        if snapshot is None:
+            snapshot = await self.warmer.snapshot(slug, values=True)
         if snapshot is None:
             raise NotFound(f"unknown comparison {slug!r}")
         now_ms = self.clock.wall_ms()

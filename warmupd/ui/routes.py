@@ -21,7 +21,7 @@ from warmupd import __version__, schemas
 from warmupd.auth import Scope, check_secret
 from warmupd.clock import Clock, iso_to_ms
 from warmupd.errors import NotFound, WarmupdError
-from warmupd.http import SERVICES, Services
+from warmupd.http import SERVICES, Services, add_unmatched, edge
 from warmupd.models import RunRecord
 from warmupd.ui import charts, session
 from warmupd.ui.templating import render
@@ -56,11 +56,6 @@ def _load_static() -> dict[str, tuple[bytes, str]]:
 STATIC = web.AppKey("ui_static", dict)
 
 
-async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
-    if request.path == "/ui" or request.path.startswith("/ui/"):
-        response.headers.update(SECURITY_HEADERS)
-
-
 def _html(text: str, status: int = 200) -> web.Response:
     return web.Response(text=text, status=status, content_type="text/html", charset="utf-8")
 
@@ -82,7 +77,7 @@ def _page(template: str, request: web.Request, code: int = 200, **context: Any) 
 
 
 def _see_other(location: str) -> web.Response:
-    # Returned, not raised: the API's error middleware turns raised HTTP exceptions into JSON.
+    # Returned, not raised: the API's edge (http.edge) turns raised HTTP exceptions into JSON.
     return web.Response(status=303, headers={"Location": location})
 
 
@@ -299,21 +294,37 @@ async def favicon(request: web.Request) -> web.StreamResponse:
 
 
 def add_ui(app: web.Application, *, clock: Clock) -> None:
-    """Mount the dashboard on ``app`` (built by :func:`warmupd.http.create_app`)."""
+    """Mount the dashboard on ``app`` (built by :func:`warmupd.http.create_app`).
+
+    Every route goes through the HTTP edge (request id, errors, metrics) with the security
+    headers, and so do requests under ``/ui`` that no route matches.
+    """
     app[CLOCK] = clock
     app[STATIC] = _load_static()
-    app.on_response_prepare.append(_security_headers)
+    services = app[SERVICES]
     router = app.router
-    router.add_get("/ui", _guard(overview))
-    router.add_get("/ui/runs", _guard(run_log))
-    router.add_get("/ui/runs/{id}", _guard(run_detail))
-    router.add_get("/ui/comparisons", _guard(comparison_search))
-    router.add_get("/ui/comparisons/{slug}", _guard(comparison_page))
-    router.add_get("/ui/login", login_form)
-    router.add_post("/ui/login", login)
-    router.add_route("*", "/ui/logout", logout)
-    router.add_get("/ui/static/{name}", static)
-    router.add_get("/favicon.ico", favicon)
+
+    def add(method: str, path: str, handler: Page, headers: Mapping[str, str] | None) -> None:
+        route = edge(services, path, handler, headers=headers)
+        if method == "GET":
+            router.add_get(path, route)  # and HEAD, as aiohttp's add_get does
+        else:
+            router.add_route(method, path, route)
+
+    for method, path, handler in (
+        ("GET", "/ui", _guard(overview)),
+        ("GET", "/ui/runs", _guard(run_log)),
+        ("GET", "/ui/runs/{id}", _guard(run_detail)),
+        ("GET", "/ui/comparisons", _guard(comparison_search)),
+        ("GET", "/ui/comparisons/{slug}", _guard(comparison_page)),
+        ("GET", "/ui/login", login_form),
+        ("POST", "/ui/login", login),
+        ("*", "/ui/logout", logout),
+        ("GET", "/ui/static/{name}", static),
+    ):
+        add(method, path, handler, SECURITY_HEADERS)
+    add("GET", "/favicon.ico", favicon, None)
+    add_unmatched(app, "/ui", SECURITY_HEADERS)
 
 
 __all__ = ["SECURITY_HEADERS", "Services", "add_ui"]
