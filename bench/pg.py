@@ -84,31 +84,15 @@ async def fetch_column(url: str, sql: str) -> list[object]:
         await conn.close()
 
 
-REDIS_URL = os.environ.get("WARMUPD_BENCH_REDIS", "redis://127.0.0.1:6379/0")
-
-
 @contextlib.contextmanager
 def postgres_state(tag: str) -> Iterator[tuple[str, dict[str, Any]]]:
     """A fresh database and the config a daemon needs to keep its state there.
 
-    Yields ``(database_url, extra config tables)``. Until PostgreSQL leases land the daemon takes
-    its locks in Redis when its state is in PostgreSQL: the machine's Redis, under a key prefix
-    of this benchmark's own, whose keys are deleted afterwards.
+    Yields ``(database_url, extra config tables)``: no ``[redis]``, so the daemon's leases are
+    PostgreSQL rows in the same database — what a fleet without Redis runs (SPEC §14).
     """
-    import redis
-
-    prefix = f"warmupd-bench-{tag}-{os.getpid()}-{secrets.token_hex(3)}:"
-    try:
-        with fresh_database(tag) as url:
-            yield url, {"redis": {"url": REDIS_URL, "key_prefix": prefix}}
-    finally:
-        client = redis.Redis.from_url(REDIS_URL, socket_timeout=2)
-        try:
-            keys = list(client.scan_iter(match=f"{prefix}*", count=500))
-            if keys:
-                client.delete(*keys)
-        finally:
-            client.close()
+    with fresh_database(tag) as url:
+        yield url, {}
 
 
 BACKENDS = ("sqlite", "postgresql")
