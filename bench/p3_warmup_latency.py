@@ -7,7 +7,7 @@ generator, default wrk, installed with apt-get when missing; ``--threads`` for w
 One real daemon (``python -m warmupd serve``, builtin insights, ``pool_workers = 2``) with
 ``warmupd demo-data`` comparisons; the two warmup jobs are run for the most popular ones first. Its
 state is in the SQLite file, then in a fresh PostgreSQL database (SPEC §14; created and dropped by
-the benchmark, locks in Redis under a private prefix): every step below runs on each backend, with
+the benchmark, its leases there too): every step below runs on each backend, with
 the reference measured again beside it.
 
 1. **Single flight**: 1,000 concurrent POSTs (1,000 connections, aiohttp in this process) for one

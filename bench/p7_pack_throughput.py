@@ -8,8 +8,8 @@ the load generator, default wrk, installed with apt-get when missing; ``--thread
 * warmupd: the real daemon (``python -m warmupd serve``, builtin insights) with ``warmupd
   demo-data`` comparisons whose forecasts and insight packs were computed by running the two
   warmup jobs first, so every GET is a cache hit (``freshness: fresh``); its state in the SQLite
-  file, then in a fresh PostgreSQL database (SPEC §14; created and dropped by the benchmark, locks
-  in Redis under a private prefix), each backend measured with its own reference runs.
+  file, then in a fresh PostgreSQL database (SPEC §14; created and dropped by the benchmark, its
+  leases there too), each backend measured with its own reference runs.
 * reference: :mod:`bench.bare_app`, the fastest aiohttp handler for the same answer: it returns the
   daemon's own pack for each slug, byte for byte, encoded once at start-up (no per-request JSON).
 
