@@ -27,24 +27,36 @@ from tests.pg_support import (
     run_admin,
 )
 from warmupd import __version__
+from warmupd.locks import Locks
+from warmupd.models import Acquired, Held
 
 
 def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres+redis", marks=pytest.mark.postgres)])
+@pytest.fixture(
+    params=[
+        "sqlite",
+        pytest.param("postgres", marks=pytest.mark.postgres),
+        pytest.param("postgres+redis", marks=pytest.mark.postgres),
+    ]
+)
 def shared_state(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, Any]]:
-    """The config both daemons share: one SQLite state dir, or one fresh PostgreSQL database."""
+    """The config both daemons share: one SQLite state dir, or one fresh PostgreSQL database
+    (its own lease rows, or Redis first with the database lease under it)."""
     if request.param == "sqlite":
         yield {"daemon": {"state_dir": str(tmp_path / "shared")}}
         return
     require_postgres()
-    require_redis()
     name, prefix = new_database_name("status_"), new_prefix()
     url = run_admin(lambda: create_database(name))
+    config: dict[str, Any] = {"database": {"url": url}}
+    if request.param == "postgres+redis":
+        require_redis()
+        config["redis"] = {"url": REDIS_URL, "key_prefix": prefix}
     try:
-        yield {"database": {"url": url}, "redis": {"url": REDIS_URL, "key_prefix": prefix}}
+        yield config
     finally:
         run_admin(lambda: drop_database(name))
         delete_prefix(prefix)
@@ -61,6 +73,8 @@ async def test_status_lists_the_live_nodes_and_a_skewed_node_is_degraded(
         skewed, fine = await asyncio.gather(
             (await f.client.get("/api/status")).json(), (await o.client.get("/api/status")).json()
         )
+        if "url" in skewed["db"]:
+            await leases_ignore_the_nodes_clocks(f.core.locks, o.core.locks)
     postgres = "url" in skewed["db"]
     for doc in (skewed, fine):
         nodes = {n["node"]: n for n in doc["nodes"]}
@@ -79,3 +93,17 @@ async def test_status_lists_the_live_nodes_and_a_skewed_node_is_degraded(
     assert skewed["state"] == "degraded"
     (reason,) = skewed["reasons"]
     assert reason.startswith("clock skew: this node's clock is ")
+
+
+async def leases_ignore_the_nodes_clocks(fast: Locks, on_time: Locks) -> None:
+    """A lease taken by the node 2 minutes fast is not taken over early by the on-time node, and
+    one taken by the on-time node is not taken early by the fast one, whose clock says it expired
+    two minutes ago: expiry is the database server's clock (SPEC §14). A backend comparing host
+    clocks fails the second half (the negative control is in tests/test_locks_postgres.py)."""
+    key, lease_ms = "warmup:forecasts:lock", 60_000
+    for holder, taker in ((fast, on_time), (on_time, fast)):
+        got = await holder.acquire(key, lease_ms)
+        assert isinstance(got, Acquired), got
+        assert isinstance(await taker.acquire(key, lease_ms), Held)
+        assert await holder.renew(got.lease) is True
+        assert await holder.release(got.lease) is True
