@@ -3,7 +3,8 @@
 Each beat proves this process alive in the ``nodes`` table, measures its wall clock against the
 database's, and marks ``running`` runs of nodes whose heartbeat is older than the stale age
 (3 leases) ``abandoned`` — so a daemon that died is noticed by any live one, at every beat, not only
-when something starts.
+when something starts. On PostgreSQL a heartbeat's instant and its age are the server's clock
+(:class:`~warmupd.state.runs.NodeStore`), so a skewed node is neither taken for dead nor kept alive.
 
 Skew is the node's clock minus the database's at the midpoint of the measuring round trip. On
 PostgreSQL that is the server's ``clock_timestamp()``. On SQLite it is *not applicable* (``None``,

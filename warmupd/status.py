@@ -135,7 +135,7 @@ class StatusService:
         me = NodeInfo(self.node, __version__, self.started_ms, self.clock.wall_ms(), skew)
         if self.nodes is None:
             return [me]
-        live = await self.nodes.live(self.clock.wall_ms() - self.node_stale_ms())
+        live = await self.nodes.live(self.clock.wall_ms(), self.node_stale_ms())
         return live if any(n.node == self.node for n in live) else [*live, me]
 
     async def _count_cache(self, now_ms: int) -> dict[str, int]:

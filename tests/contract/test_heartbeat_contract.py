@@ -38,6 +38,21 @@ def heartbeat(state: Database, clock: FakeClock, node: str) -> Heartbeat:
     )
 
 
+async def pass_time(
+    state: Database, clock: FakeClock, dead: str, beat_ms: int, age_ms: int, *, margin_ms: int = 0
+) -> None:
+    """Make ``dead``'s last beat (taken at ``beat_ms``) ``age_ms`` old: the FakeClock moves on to
+    that instant on SQLite; on PostgreSQL (heartbeats on the server's clock) the beat is aged to
+    ``age_ms - margin_ms`` on that clock."""
+    if (server_clock := state.dialect.clock_ms) is None:
+        await clock.advance((beat_ms + age_ms - clock.wall_ms()) / 1000)
+        return
+    await state.execute(
+        f"UPDATE nodes SET heartbeat_at = {server_clock} - ? WHERE node = ?",
+        (age_ms - margin_ms, dead),
+    )
+
+
 async def test_a_dead_nodes_run_is_abandoned_at_a_live_nodes_beat_after_3_leases(
     state: Database,
 ) -> None:
@@ -45,20 +60,23 @@ async def test_a_dead_nodes_run_is_abandoned_at_a_live_nodes_beat_after_3_leases
     a, b = heartbeat(state, clock, A), heartbeat(state, clock, B)
     runs = RunStore(state)
     await a.beat()
+    a_beat_ms = clock.wall_ms()
     await b.beat()
     run_id = await runs.start("warmup-forecasts", Trigger.SCHEDULE, A, clock.wall_ms(), {})
-    # A stops beating (its host died). B beats on; exactly 3 leases later A is still live.
-    await clock.advance(3 * LEASE_MS / 1000)
+    # A stops beating (its host died). B beats on; exactly 3 leases later A is still live. On
+    # PostgreSQL a heartbeat's age is the server's clock, which no test can stop: A's beat is aged
+    # on that clock instead, to 5 s short of 3 leases (the server's clock moves on meanwhile).
+    await pass_time(state, clock, A, a_beat_ms, 3 * LEASE_MS, margin_ms=5_000)
     assert await b.beat() == []
     record = await runs.get(run_id)
     assert record is not None
     assert record.status is RunStatus.RUNNING
-    await clock.advance(0.001)
+    await pass_time(state, clock, A, a_beat_ms, 3 * LEASE_MS + 1)
     assert await b.beat() == [run_id]
     record = await runs.get(run_id)
     assert record is not None
     assert (record.status, record.reason) == (RunStatus.ABANDONED, "owner_died")
-    assert [n.node for n in await NodeStore(state).live(clock.wall_ms() - 3 * LEASE_MS)] == [B]
+    assert [n.node for n in await NodeStore(state).live(clock.wall_ms(), 3 * LEASE_MS)] == [B]
     # A beat of a node that is alive never touches its own run.
     own = await runs.start("housekeeping", Trigger.SCHEDULE, B, clock.wall_ms(), {})
     await clock.advance(10 * LEASE_MS / 1000)
@@ -76,7 +94,7 @@ async def test_each_beat_records_version_and_clock_skew_and_warns_once_per_cross
         await skewed.beat()
         await skewed.beat()
         await good.beat()
-        nodes = {n.node: n for n in await NodeStore(state).live(0)}
+        nodes = {n.node: n for n in await NodeStore(state).live(now_ms(), 3_600_000)}
         assert set(nodes) == {A, B}
         assert nodes[A].version == nodes[B].version == "9.9.9"
         if state.dialect.name == "sqlite":

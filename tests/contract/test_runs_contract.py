@@ -100,13 +100,23 @@ async def test_purge_keeps_running_runs(state: Database) -> None:
     assert await runs.get(new_done) is not None
 
 
+async def beat(state: Database, node: str, age_ms: int, now_ms: int = NOW) -> None:
+    """A heartbeat of ``node`` that is ``age_ms`` old: taken at that instant of the caller's clock
+    on SQLite; on PostgreSQL, whose heartbeats are the server's clock, aged on that clock."""
+    await NodeStore(state).heartbeat(node, now_ms - age_ms)
+    if (clock := state.dialect.clock_ms) is not None:
+        await state.execute(
+            f"UPDATE nodes SET heartbeat_at = {clock} - ? WHERE node = ?", (age_ms, node)
+        )
+
+
 async def test_nodes_heartbeat_and_abandoned_runs_of_dead_nodes(state: Database) -> None:
     runs, nodes = RunStore(state), NodeStore(state)
     lease = 60_000
-    await nodes.heartbeat("alive-elsewhere:1:aaaaaa", NOW)
-    await nodes.heartbeat("gone-elsewhere:2:bbbbbb", NOW - 10 * lease)
-    await nodes.heartbeat("me:3:cccccc", NOW - 10 * lease)
-    assert await nodes.alive(NOW - 3 * lease) == {"alive-elsewhere:1:aaaaaa"}
+    await beat(state, "alive-elsewhere:1:aaaaaa", 0)
+    await beat(state, "gone-elsewhere:2:bbbbbb", 10 * lease)
+    await beat(state, "me:3:cccccc", 10 * lease)
+    assert await nodes.alive(NOW, 3 * lease) == {"alive-elsewhere:1:aaaaaa"}
     live = await runs.start("j", Trigger.SCHEDULE, "alive-elsewhere:1:aaaaaa", NOW, {})
     dead = await runs.start("j", Trigger.SCHEDULE, "gone-elsewhere:2:bbbbbb", NOW - 1000, {})
     mine = await runs.start("j", Trigger.SCHEDULE, "me:3:cccccc", NOW, {})
@@ -124,7 +134,37 @@ async def test_nodes_heartbeat_and_abandoned_runs_of_dead_nodes(state: Database)
     assert {r.id for r in await runs.running()} == {live, mine}
     assert await runs.mark_abandoned([dead], NOW) == 0  # only running runs are marked
     await nodes.heartbeat("gone-elsewhere:2:bbbbbb", NOW)  # started_at is kept, heartbeat moves
-    assert "gone-elsewhere:2:bbbbbb" in await nodes.alive(NOW)
+    assert "gone-elsewhere:2:bbbbbb" in await nodes.alive(NOW, lease)
     await nodes.remove("alive-elsewhere:1:aaaaaa")
-    assert await nodes.purge(NOW - lease) == 1  # me:3, whose heartbeat is old
-    assert await nodes.alive(0) == {"gone-elsewhere:2:bbbbbb"}
+    assert await nodes.purge(NOW, lease) == 1  # me:3, whose heartbeat is old
+    assert await nodes.alive(NOW, NOW) == {"gone-elsewhere:2:bbbbbb"}
+
+
+async def test_on_postgresql_a_nodes_age_is_the_servers_clock_not_the_hosts(
+    state: Database,
+) -> None:
+    """A node whose clock is 10 leases slow beats; a node whose clock is 10 leases fast checks.
+    On PostgreSQL both ages are the server's clock, so the slow node is alive and its run is left
+    alone; on SQLite (one host, one clock) the instants the callers pass are the clock, and the same
+    numbers make the slow node dead — which is what would happen on PostgreSQL with host clocks."""
+    runs, nodes = RunStore(state), NodeStore(state)
+    lease, off = 60_000, 10 * 60_000
+    await nodes.heartbeat("slow-host:1:aaaaaa", NOW - off)
+    run_id = await runs.start("j", Trigger.SCHEDULE, "slow-host:1:aaaaaa", NOW - off, {})
+    marked = await recover_abandoned(
+        runs, nodes, self_node="fast-host:2:bbbbbb", now_ms=NOW + off, stale_after_ms=3 * lease
+    )
+    if state.dialect.clock_ms is None:
+        assert marked == [run_id]
+        return
+    assert marked == []
+    assert await nodes.alive(NOW + off, 3 * lease) == {"slow-host:1:aaaaaa"}
+    assert [n.node for n in await nodes.live(NOW + off, 3 * lease)] == ["slow-host:1:aaaaaa"]
+    # And a node that stopped beating is dead after 3 leases of the server's clock, whatever the
+    # checker's clock says (its clock here is 10 leases *behind* the dead node's last beat).
+    await beat(state, "slow-host:1:aaaaaa", 3 * lease + 1)
+    marked = await recover_abandoned(
+        runs, nodes, self_node="fast-host:2:bbbbbb", now_ms=NOW - off, stale_after_ms=3 * lease
+    )
+    assert marked == [run_id]
+    assert await nodes.purge(NOW - off, 3 * lease) == 1

@@ -80,7 +80,8 @@ class HousekeepingJob(Job[Chore]):
         elif item.name == "warmups":
             self.purged["warmups"] = await self.warmups.purge_before(item.older_than_ms)
         elif item.name == "nodes":
-            self.purged["nodes"] = await self.nodes.purge(item.older_than_ms)
+            # Ages, not instants: on PostgreSQL a heartbeat's age is the server's clock's business.
+            self.purged["nodes"] = await self.nodes.purge(now_ms, self.node_stale_ms)
         else:
             assert self.purge_locks is not None
             claims, rows = await self.purge_locks(item.older_than_ms)

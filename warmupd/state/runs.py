@@ -254,21 +254,36 @@ class NodeInfo:
 
 
 class NodeStore:
-    """Heartbeats of the processes sharing this state (a SQLite file, or a fleet's database)."""
+    """Heartbeats of the processes sharing this state (a SQLite file, or a fleet's database).
+
+    **Whose clock.** On PostgreSQL every heartbeat instant, and every "now" an age is measured
+    from, is the database server's clock (``clock_timestamp()``), never a host's: hosts with skewed
+    clocks then agree on which node is alive, as they agree on lease expiry (SPEC §14) — a node
+    whose clock is minutes slow is not taken for dead, and one whose clock is fast is not kept alive
+    after it died. On SQLite the file is shared by the processes of one host, and the ``now_ms``
+    the caller passes (the injected clock) is that one clock. Callers therefore pass their ``now_ms``
+    and an *age*, never a cut-off instant.
+    """
 
     def __init__(self, db: Database) -> None:
         self.db = db
+
+    def _now(self, now_ms: int) -> tuple[str, tuple[int, ...]]:
+        """The SQL of "now" and its parameters: the server's clock, else ``now_ms``."""
+        clock = self.db.dialect.clock_ms
+        return (clock, ()) if clock is not None else ("?", (now_ms,))
 
     async def heartbeat(
         self, node: str, now_ms: int, *, version: str = "", skew_ms: int | None = None
     ) -> None:
         """Record that ``node`` (running warmupd ``version``) is alive now, with its clock skew."""
+        now, at = self._now(now_ms)
         await self.db.execute(
-            """INSERT INTO nodes(node, started_at, heartbeat_at, version, skew_ms)
-               VALUES (?, ?, ?, ?, ?)
+            f"""INSERT INTO nodes(node, started_at, heartbeat_at, version, skew_ms)
+               VALUES (?, {now}, {now}, ?, ?)
                ON CONFLICT(node) DO UPDATE SET heartbeat_at = excluded.heartbeat_at,
                    version = excluded.version, skew_ms = excluded.skew_ms""",
-            (node, now_ms, now_ms, version, skew_ms),
+            (node, *at, *at, version, skew_ms),
         )
 
     async def database_ms(self) -> int | None:
@@ -279,12 +294,13 @@ class NodeStore:
         assert row is not None
         return int(row[0])
 
-    async def live(self, since_ms: int) -> list[NodeInfo]:
-        """Nodes with a heartbeat at or after ``since_ms``, oldest first."""
+    async def live(self, now_ms: int, max_age_ms: int) -> list[NodeInfo]:
+        """Nodes whose last heartbeat is at most ``max_age_ms`` old, oldest first."""
+        now, at = self._now(now_ms)
         rows = await self.db.fetchall(
-            """SELECT node, version, started_at, heartbeat_at, skew_ms FROM nodes
-               WHERE heartbeat_at >= ? ORDER BY started_at, node""",
-            (since_ms,),
+            f"""SELECT node, version, started_at, heartbeat_at, skew_ms FROM nodes
+               WHERE heartbeat_at >= {now} - ? ORDER BY started_at, node""",
+            (*at, max_age_ms),
         )
         return [NodeInfo(r[0], r[1], r[2], r[3], r[4]) for r in rows]
 
@@ -292,14 +308,20 @@ class NodeStore:
         """Forget ``node`` (clean shutdown)."""
         await self.db.execute("DELETE FROM nodes WHERE node = ?", (node,))
 
-    async def alive(self, since_ms: int) -> set[str]:
-        """Nodes with a heartbeat at or after ``since_ms``."""
-        rows = await self.db.fetchall("SELECT node FROM nodes WHERE heartbeat_at >= ?", (since_ms,))
+    async def alive(self, now_ms: int, max_age_ms: int) -> set[str]:
+        """Nodes whose last heartbeat is at most ``max_age_ms`` old."""
+        now, at = self._now(now_ms)
+        rows = await self.db.fetchall(
+            f"SELECT node FROM nodes WHERE heartbeat_at >= {now} - ?", (*at, max_age_ms)
+        )
         return {r["node"] for r in rows}
 
-    async def purge(self, before_ms: int) -> int:
-        """Delete nodes whose last heartbeat is older than ``before_ms``."""
-        return await self.db.execute("DELETE FROM nodes WHERE heartbeat_at < ?", (before_ms,))
+    async def purge(self, now_ms: int, max_age_ms: int) -> int:
+        """Delete nodes whose last heartbeat is more than ``max_age_ms`` old."""
+        now, at = self._now(now_ms)
+        return await self.db.execute(
+            f"DELETE FROM nodes WHERE heartbeat_at < {now} - ?", (*at, max_age_ms)
+        )
 
 
 async def recover_abandoned(
@@ -311,7 +333,7 @@ async def recover_abandoned(
     ``stale_after_ms`` (it ran elsewhere, or its pid was reused). Runs of ``self_node`` are never
     touched. Returns the ids marked.
     """
-    alive = await nodes.alive(now_ms - stale_after_ms)
+    alive = await nodes.alive(now_ms, stale_after_ms)
     orphans = [
         r.id
         for r in await runs.running()
