@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Protocol
 
@@ -43,6 +44,27 @@ class SystemClock:
     async def sleep(self, seconds: float) -> None:
         """:meth:`Clock.sleep` through ``asyncio.sleep``."""
         await asyncio.sleep(max(0.0, seconds))
+
+
+def backoff(first_s: float, max_s: float) -> Iterator[float]:
+    """Retry delays: ``first_s``, doubling each time, capped at ``max_s``, forever."""
+    delay_s = first_s
+    while True:
+        yield delay_s
+        delay_s = min(delay_s * 2, max_s)
+
+
+async def sleep_unless_set(clock: Clock, seconds: float, event: asyncio.Event) -> bool:
+    """Sleep ``seconds`` on ``clock``, cut short when ``event`` is set; True when it was set."""
+    sleeper = asyncio.ensure_future(clock.sleep(seconds))
+    waker = asyncio.ensure_future(event.wait())
+    try:
+        await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (sleeper, waker):
+            task.cancel()
+        await asyncio.gather(sleeper, waker, return_exceptions=True)
+    return event.is_set()
 
 
 def ms_to_iso(ms: int | None) -> str | None:

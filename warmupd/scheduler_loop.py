@@ -25,7 +25,7 @@ import contextlib
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
-from warmupd.clock import Clock, ms_to_iso
+from warmupd.clock import Clock, ms_to_iso, sleep_unless_set
 from warmupd.errors import ServiceUnavailable
 from warmupd.logs import get_logger
 from warmupd.models import Fire, Trigger
@@ -433,15 +433,9 @@ class Scheduler:
                 log.exception("scheduler.unclaim_failed", job=state.schedule.name)
 
     async def _interruptible_sleep(self, seconds: float) -> None:
-        sleeper = asyncio.ensure_future(self._clock.sleep(seconds))
-        waker = asyncio.ensure_future(self._wake.wait())
         try:
-            await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
+            await sleep_unless_set(self._clock, seconds, self._wake)
         finally:
-            for task in (sleeper, waker):
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
             self._wake.clear()
 
     def stop(self) -> None:

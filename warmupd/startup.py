@@ -25,7 +25,7 @@ from collections.abc import Awaitable, Callable, Iterator
 
 from aiohttp import web
 
-from warmupd.clock import Clock
+from warmupd.clock import Clock, backoff, sleep_unless_set
 from warmupd.errors import DatabaseUnavailable
 from warmupd.health import Health
 from warmupd.logs import get_logger
@@ -39,25 +39,9 @@ RETRY_MAX_S = 30.0
 """The back-off of attempts to reach the state database (SPEC §14: 1 s doubling to 30 s)."""
 
 
-def retry_delays(first_s: float = RETRY_S, max_s: float = RETRY_MAX_S) -> Iterator[float]:
-    """1, 2, 4, … seconds, capped at ``max_s``, forever."""
-    delay_s = first_s
-    while True:
-        yield delay_s
-        delay_s = min(delay_s * 2, max_s)
-
-
-async def _sleep_unless(clock: Clock, seconds: float, stop: asyncio.Event) -> bool:
-    """Sleep ``seconds``; True when ``stop`` was set first (the sleep is then cut short)."""
-    sleeper = asyncio.ensure_future(clock.sleep(seconds))
-    stopper = asyncio.ensure_future(stop.wait())
-    try:
-        await asyncio.wait({sleeper, stopper}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in (sleeper, stopper):
-            task.cancel()
-        await asyncio.gather(sleeper, stopper, return_exceptions=True)
-    return stop.is_set()
+def retry_delays() -> Iterator[float]:
+    """1, 2, 4, … seconds, capped at 30 s, forever."""
+    return backoff(RETRY_S, RETRY_MAX_S)
 
 
 async def open_database(
@@ -83,7 +67,7 @@ async def open_database(
             health.observe_database(False, exc.message)
             log.warning("database.waiting", error=exc.message, retry_s=delay_s)
             await on_waiting(exc.message, delay_s)
-            if await _sleep_unless(clock, delay_s, stop):
+            if await sleep_unless_set(clock, delay_s, stop):
                 return False
             continue
         health.observe_database(True)

@@ -6,7 +6,7 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
-from warmupd.clock import Clock
+from warmupd.clock import Clock, backoff
 from warmupd.errors import DatabaseUnavailable
 from warmupd.jobs.base import ItemOutcome, ItemResult
 from warmupd.logs import get_logger
@@ -37,14 +37,13 @@ async def record_finish(runs: RunStore, clock: Clock, run_id: int, **fields: Any
     """Write a run's final record; while the database is away, keep trying (1 s doubling to 30 s)
     so that the record is not lost. Only shutdown's cancellation ends the wait (the row then stays
     ``running`` and a later start marks it ``abandoned``)."""
-    delay_s = RECORD_RETRY_S
-    while True:
+    for delay_s in backoff(RECORD_RETRY_S, RECORD_RETRY_MAX_S):
         try:
             return await asyncio.shield(runs.finish(run_id, **fields))
         except DatabaseUnavailable as exc:
             log.warning("run.record_waiting", run=run_id, retry_s=delay_s, error=exc.message)
         await clock.sleep(delay_s)
-        delay_s = min(delay_s * 2, RECORD_RETRY_MAX_S)
+    raise AssertionError("unreachable: backoff() never ends")  # pragma: no cover
 
 
 @dataclass(eq=False)

@@ -39,7 +39,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 
-from warmupd.clock import Clock
+from warmupd.clock import Clock, backoff
 from warmupd.errors import ServiceUnavailable
 from warmupd.locks import AcquireObserver, Locks, check_key, release_surely, spawn_background
 from warmupd.locks.holder import holder_text, parse_holder
@@ -185,15 +185,15 @@ class PostgresLocks(Locks):
 
     async def _release_later(self, lease: Lease) -> None:
         give_up_at = self._clock.monotonic() + lease.lease_ms / 1000
-        delay_s = 0.25
-        while self._clock.monotonic() + delay_s < give_up_at:
+        for delay_s in backoff(0.25, 2.0):
+            if self._clock.monotonic() + delay_s >= give_up_at:
+                return  # the lease has expired by then: nothing left to free
             await self._clock.sleep(delay_s)
             try:
                 await self._release_token(lease.key, lease.token)
             except ServiceUnavailable:
-                delay_s = min(delay_s * 2, 2.0)
-            else:
-                return
+                continue
+            return
 
     async def close(self) -> None:
         """See :meth:`Locks.close`; background release retries end here too."""
