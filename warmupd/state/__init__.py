@@ -43,6 +43,11 @@ class Dialect:
     the clock every node's skew is measured against (SPEC §14). None when the database has no
     clock of its own: a SQLite file's is the host's, the one its processes already read."""
 
+    def now(self, now_ms: int) -> tuple[str, tuple[int, ...]]:
+        """ "Now" in a statement and its parameters: the server's clock (:attr:`clock_ms`) where the
+        engine has one, else the caller's ``now_ms`` as a ``?`` parameter."""
+        return (self.clock_ms, ()) if self.clock_ms is not None else ("?", (now_ms,))
+
 
 class Statements(Protocol):
     """Statements on a database, or inside one of its transactions."""

@@ -282,8 +282,7 @@ async def _migrate_target(db: StateBackend, where: Location) -> int:
 
 async def _live_nodes(db: StateBackend, now_ms: int) -> list[str]:
     # Heartbeats on PostgreSQL are the server's clock (NodeStore): age them by the same clock.
-    clock = db.dialect.clock_ms
-    now, at = (clock, ()) if clock is not None else ("?", (now_ms,))
+    now, at = db.dialect.now(now_ms)
     rows = await db.fetchall(
         f"SELECT node FROM nodes WHERE heartbeat_at >= {now} - ? ORDER BY node",
         (*at, LIVE_WINDOW_MS),

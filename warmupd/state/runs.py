@@ -268,16 +268,11 @@ class NodeStore:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    def _now(self, now_ms: int) -> tuple[str, tuple[int, ...]]:
-        """The SQL of "now" and its parameters: the server's clock, else ``now_ms``."""
-        clock = self.db.dialect.clock_ms
-        return (clock, ()) if clock is not None else ("?", (now_ms,))
-
     async def heartbeat(
         self, node: str, now_ms: int, *, version: str = "", skew_ms: int | None = None
     ) -> None:
         """Record that ``node`` (running warmupd ``version``) is alive now, with its clock skew."""
-        now, at = self._now(now_ms)
+        now, at = self.db.dialect.now(now_ms)
         await self.db.execute(
             f"""INSERT INTO nodes(node, started_at, heartbeat_at, version, skew_ms)
                VALUES (?, {now}, {now}, ?, ?)
@@ -296,7 +291,7 @@ class NodeStore:
 
     async def live(self, now_ms: int, max_age_ms: int) -> list[NodeInfo]:
         """Nodes whose last heartbeat is at most ``max_age_ms`` old, oldest first."""
-        now, at = self._now(now_ms)
+        now, at = self.db.dialect.now(now_ms)
         rows = await self.db.fetchall(
             f"""SELECT node, version, started_at, heartbeat_at, skew_ms FROM nodes
                WHERE heartbeat_at >= {now} - ? ORDER BY started_at, node""",
@@ -310,7 +305,7 @@ class NodeStore:
 
     async def alive(self, now_ms: int, max_age_ms: int) -> set[str]:
         """Nodes whose last heartbeat is at most ``max_age_ms`` old."""
-        now, at = self._now(now_ms)
+        now, at = self.db.dialect.now(now_ms)
         rows = await self.db.fetchall(
             f"SELECT node FROM nodes WHERE heartbeat_at >= {now} - ?", (*at, max_age_ms)
         )
@@ -318,7 +313,7 @@ class NodeStore:
 
     async def purge(self, now_ms: int, max_age_ms: int) -> int:
         """Delete nodes whose last heartbeat is more than ``max_age_ms`` old."""
-        now, at = self._now(now_ms)
+        now, at = self.db.dialect.now(now_ms)
         return await self.db.execute(
             f"DELETE FROM nodes WHERE heartbeat_at < {now} - ?", (*at, max_age_ms)
         )
