@@ -241,10 +241,7 @@ def run(
     chosen = pick_tool(tool)
     data: dict[str, Any] = {"tool": chosen, "connections": CONNECTIONS}
     verdicts: list[Verdict] = []
-    for name in pg.backends(backend):
-        if name == "postgresql" and (why := pg.available()) is not None:
-            verdicts.append(pg.not_measured("P3", why))
-            continue
+    for name in pg.measurable(backend, "P3", verdicts):
         with tempfile.TemporaryDirectory(prefix="warmupd-bench-p3-") as tmp:
             data[name] = measure(
                 Path(tmp),

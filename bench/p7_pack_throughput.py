@@ -138,11 +138,8 @@ def run(
     print(f"[p7_pack_throughput] machine: {machine_line()}")
     chosen = pick_tool(tool)
     data: dict[str, Any] = {"tool": chosen}
-    verdicts = []
-    for name in pg.backends(backend):
-        if name == "postgresql" and (why := pg.available()) is not None:
-            verdicts.append(pg.not_measured("P7", why))
-            continue
+    verdicts: list[Verdict] = []
+    for name in pg.measurable(backend, "P7", verdicts):
         with tempfile.TemporaryDirectory(prefix="warmupd-bench-p7-") as tmp:
             data[name] = measure(
                 Path(tmp),

@@ -301,13 +301,10 @@ _WHAT = (
 
 async def _run(rows: int, repetitions: int, backend: str) -> Result:
     data: dict[str, Any] = {"rows_generated": rows, "repetitions": repetitions}
-    verdicts = []
-    for name in pg.backends(backend):
+    verdicts: list[Verdict] = []
+    for name in pg.measurable(backend, "P8", verdicts):
         if name == "sqlite":
             data[name] = await _sqlite(rows, repetitions)
-        elif (why := pg.available()) is not None:
-            verdicts.append(pg.not_measured("P8", why))
-            continue
         else:
             with pg.fresh_database("p8") as url:
                 data[name] = await measure_postgres(url, rows, repetitions)

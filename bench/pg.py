@@ -122,6 +122,17 @@ def bench_daemon(
         yield BenchDaemon(workdir, {**extra, **more}, database_url=url)
 
 
+def measurable(choice: str, target: str, verdicts: list[Verdict]) -> Iterator[str]:
+    """The backends of ``choice`` (:func:`backends`) that can be measured now, in order; a
+    PostgreSQL that cannot be reached adds ``target``'s "not measured" verdict to ``verdicts``
+    instead (a missed verdict, never a silent skip)."""
+    for name in backends(choice):
+        if name == "postgresql" and (why := available()) is not None:
+            verdicts.append(not_measured(target, why))
+            continue
+        yield name
+
+
 def not_measured(target: str, why: str) -> Verdict:
     """The verdict of a PostgreSQL figure that could not be measured: missed, saying why."""
     print(f"  postgresql: not measured: {why}")
