@@ -42,6 +42,7 @@ import asyncpg
 from redis.asyncio import Redis
 from redis.asyncio.lock import Lock as RedisPyLock
 
+from bench import pg
 from bench.common import REDIS_URL, Result, Verdict, describe, finish, interleaved, machine_line
 from warmupd.clock import SystemClock
 from warmupd.locks.postgres import SERVER_NOW_MS, PostgresLocks
@@ -52,7 +53,6 @@ from warmupd.state.postgres import PostgresDatabase
 from warmupd.state.sqlite import SqliteDatabase
 
 LEASE_MS = 30_000
-PG_URL = os.environ.get("WARMUPD_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 BACKENDS = ("redis", "sqlite", "postgresql")
 
 _BARE_ACQUIRE = """
@@ -192,21 +192,9 @@ async def bench_sqlite(rounds: int, repetitions: int, path: Path) -> dict[str, A
     return rates
 
 
-def _pg_database_url(name: str) -> str:
-    base, _, _ = PG_URL.rpartition("/")
-    return f"{base}/{name}"
-
-
 async def bench_postgres(rounds: int, repetitions: int) -> dict[str, Any]:
     """PostgresLocks vs a bare two-statement asyncpg lease, on a database made for this run."""
-    name = f"warmupd_bench_p4_{os.getpid()}_{secrets.token_hex(4)}"
-    admin = await asyncpg.connect(PG_URL, timeout=5)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    url = _pg_database_url(name)
-    try:
+    with pg.fresh_database("p4") as url:
         async with PostgresDatabase(url) as db:
             ours = PostgresLocks(db, SystemClock(), "bench")
             bare = await asyncpg.connect(url, timeout=5)
@@ -238,12 +226,6 @@ async def bench_postgres(rounds: int, repetitions: int) -> dict[str, Any]:
                 )
             finally:
                 await bare.close()
-    finally:
-        admin = await asyncpg.connect(PG_URL, timeout=5)
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
     return rates
 
 
