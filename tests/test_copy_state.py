@@ -19,11 +19,7 @@ from typing import Any
 import pytest
 
 from tests.pg_support import (
-    create_database,
-    database_url,
-    drop_database,
-    new_database_name,
-    require_postgres,
+    fresh_database,
     run_admin,
 )
 from warmupd.cli import main
@@ -62,13 +58,8 @@ def cli(*args: str, stderr: Any = subprocess.PIPE) -> subprocess.CompletedProces
 
 @pytest.fixture
 def pg_url() -> Iterator[str]:
-    require_postgres()
-    name = new_database_name("copy")
-    run_admin(lambda: create_database(name))
-    try:
-        yield database_url(name)
-    finally:
-        run_admin(lambda: drop_database(name))
+    with fresh_database("copy") as url:
+        yield url
 
 
 @pytest.fixture(autouse=True)

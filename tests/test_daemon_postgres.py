@@ -25,11 +25,7 @@ from tests.lock_support import (
     require_redis,
 )
 from tests.pg_support import (
-    create_database,
-    drop_database,
-    new_database_name,
-    require_postgres,
-    run_admin,
+    fresh_database,
 )
 
 PASSWORD = "pg-Secret-4711"  # trust auth ignores it; it must never be shown
@@ -43,13 +39,8 @@ SERIES = [
 @pytest.fixture
 def pg_url() -> Iterator[str]:
     """A fresh database, dropped afterwards; its URL (password-free)."""
-    require_postgres()
-    name = new_database_name("serve_")
-    url = run_admin(lambda: create_database(name))
-    try:
+    with fresh_database("serve_") as url:
         yield url
-    finally:
-        run_admin(lambda: drop_database(name))
 
 
 def with_password(url: str) -> str:

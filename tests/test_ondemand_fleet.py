@@ -25,11 +25,7 @@ from tests.daemon_support import JOB_SECRET, WARMUP_SECRET, DaemonProcess, wait_
 from tests.fakes import FakeClock
 from tests.lock_support import REDIS_URL, delete_prefix, new_prefix, require_redis
 from tests.pg_support import (
-    create_database,
-    drop_database,
-    new_database_name,
-    require_postgres,
-    run_admin,
+    fresh_database,
 )
 from tests.test_daemon_postgres import SERIES
 from tests.test_jobs_warmups import RecordingCpu, comparison
@@ -87,13 +83,8 @@ class Fleet:
 @pytest.fixture(scope="module")
 def pg_module_url() -> Iterator[str]:
     """A fresh PostgreSQL database for this module, dropped afterwards."""
-    require_postgres()
-    name = new_database_name("ondemand_")
-    url = run_admin(lambda: create_database(name))
-    try:
+    with fresh_database("ondemand_") as url:
         yield url
-    finally:
-        run_admin(lambda: drop_database(name))
 
 
 def daemon(db: Database, locks: Locks, clock: FakeClock, node: str) -> Daemon:

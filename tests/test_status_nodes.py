@@ -20,11 +20,7 @@ from tests.fakes import FakeClock
 from tests.inprocess import in_process
 from tests.lock_support import REDIS_URL, delete_prefix, new_prefix, require_redis
 from tests.pg_support import (
-    create_database,
-    drop_database,
-    new_database_name,
-    require_postgres,
-    run_admin,
+    fresh_database,
 )
 from warmupd import __version__
 from warmupd.locks import Locks
@@ -48,18 +44,16 @@ def shared_state(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dic
     if request.param == "sqlite":
         yield {"daemon": {"state_dir": str(tmp_path / "shared")}}
         return
-    require_postgres()
-    name, prefix = new_database_name("status_"), new_prefix()
-    url = run_admin(lambda: create_database(name))
-    config: dict[str, Any] = {"database": {"url": url}}
-    if request.param == "postgres+redis":
-        require_redis()
-        config["redis"] = {"url": REDIS_URL, "key_prefix": prefix}
-    try:
-        yield config
-    finally:
-        run_admin(lambda: drop_database(name))
-        delete_prefix(prefix)
+    prefix = new_prefix()
+    with fresh_database("status_") as url:
+        config: dict[str, Any] = {"database": {"url": url}}
+        if request.param == "postgres+redis":
+            require_redis()
+            config["redis"] = {"url": REDIS_URL, "key_prefix": prefix}
+        try:
+            yield config
+        finally:
+            delete_prefix(prefix)
 
 
 async def test_status_lists_the_live_nodes_and_a_skewed_node_is_degraded(

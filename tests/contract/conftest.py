@@ -19,11 +19,7 @@ from tests.lock_support import (
     wait_for_condition,
 )
 from tests.pg_support import (
-    create_database,
-    drop_database,
-    new_database_name,
-    require_postgres,
-    run_admin,
+    fresh_database,
 )
 from warmupd.locks import Locks
 from warmupd.locks.postgres import SERVER_NOW_MS, PostgresLocks
@@ -258,13 +254,8 @@ STATE_TABLES = (
 @pytest.fixture(scope="session")
 def pg_url() -> Iterator[str]:
     """A PostgreSQL database created for this test session and dropped after it (SPEC §14)."""
-    require_postgres()
-    name = new_database_name()
-    url = run_admin(lambda: create_database(name))
-    try:
+    with fresh_database() as url:
         yield url
-    finally:
-        run_admin(lambda: drop_database(name))
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
